@@ -1,0 +1,3 @@
+//! `cluster`: a single-binary, lightweight Kubernetes distribution.
+
+pub mod server;

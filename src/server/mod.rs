@@ -1,0 +1,3 @@
+//! The control plane: `cluster server`.
+
+pub mod store;

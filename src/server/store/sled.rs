@@ -1,0 +1,1049 @@
+//! The embedded store: our MVCC layout on one sled tree, the default backend of `cluster server`.
+//!
+//! Owns the database directory `<data-dir>/server/db` and nothing else. Knows nothing of
+//! Kubernetes objects.
+//!
+//! # Layout
+//! One sled tree, three key spaces told apart by their first byte:
+//! - `m<name>`: metadata — `mformat` (the format marker), `mrev` (current revision),
+//!   `mcompact` (the revision history has been compacted up to).
+//! - `k<key>`: the current value of every live key (revisions, version, value).
+//! - `h<revision as 8 big-endian bytes>`: one history record per write: the key, its new state
+//!   and its previous state, and the wall-clock time of the write.
+//!
+//! Every write is one atomic sled batch that updates the key, appends its history record and
+//! bumps the revision, so a crash can never leave half a write behind.
+//!
+//! # Guarantees
+//! - Writes are serialised by one mutex (there is one global revision anyway) and acknowledged
+//!   only after a flush to disk. One background thread flushes for everyone: writers that arrive
+//!   while a flush runs are covered together by the next one (group commit).
+//! - Watch events are published only once they are durable, in revision order. A new watch
+//!   registers with the publisher and learns the durable revision `D` in one critical section,
+//!   then replays history up to `D` from disk and receives everything after `D` live: no gap,
+//!   no duplicate.
+//! - A range (now or at a past revision) reads the current values and undoes the history
+//!   written after the wanted revision; it retries when a write to the same range races with
+//!   it, and takes the writer lock if it keeps losing.
+//!
+//! # Caveats
+//! - History is kept for [`SledOptions::history_window`] and at least
+//!   [`SledOptions::min_history_revisions`] revisions, then compacted by
+//!   [`SledStore::run_compactor`]; a history record holds the previous value too, so history
+//!   costs about twice the size of the values written in the window.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use super::{
+    key_after, lossy, prefix_end, Event, EventKind, KeyValue, RangeRequest, RangeResponse,
+    Revision, Store, StoreError, WatchStream,
+};
+
+const FORMAT_KEY: &[u8] = b"mformat";
+const FORMAT: &[u8] = b"cluster-store/v1";
+const REVISION_KEY: &[u8] = b"mrev";
+const COMPACT_KEY: &[u8] = b"mcompact";
+const CURRENT: u8 = b'k';
+const HISTORY: u8 = b'h';
+/// How many history records one compaction batch removes.
+const COMPACTION_BATCH: usize = 1000;
+/// How often a range retries before it takes the writer lock.
+const RANGE_OPTIMISTIC_ATTEMPTS: usize = 4;
+
+/// Tuning of the embedded store; [`SledOptions::default`] is what `cluster server` uses.
+#[derive(Clone, Debug)]
+pub struct SledOptions {
+    /// History younger than this is kept for watches and past-revision ranges (default 5 min).
+    pub history_window: Duration,
+    /// At least this many of the latest revisions are kept whatever their age (default 1000).
+    pub min_history_revisions: i64,
+    /// How often the automatic compaction runs (default 30 s).
+    pub compaction_interval: Duration,
+    /// Events a watcher may have pending before it is cut off (default 10 000).
+    pub watch_buffer: usize,
+    /// Upper bound of sled's page cache in bytes (default 32 MiB).
+    pub cache_capacity: u64,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions {
+            history_window: Duration::from_secs(300),
+            min_history_revisions: 1000,
+            compaction_interval: Duration::from_secs(30),
+            watch_buffer: 10_000,
+            cache_capacity: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// The embedded MVCC store. Cheap to clone: all clones share one database, and the database
+/// is flushed and its flusher thread stopped when the last clone is dropped.
+#[derive(Clone)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+/// What the clones share. Dropping it stops the flusher thread (which flushes one last time)
+/// and waits for it, so that the database is closed when the last clone is gone.
+struct Inner {
+    shared: Arc<Shared>,
+    wake: Option<std_mpsc::SyncSender<()>>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        drop(self.wake.take());
+        if let Some(flusher) = self.flusher.take() {
+            if flusher.join().is_err() {
+                error!("the store's flusher thread panicked");
+            }
+        }
+    }
+}
+
+/// What the flusher thread shares with the store.
+struct Shared {
+    path: PathBuf,
+    db: sled::Db,
+    options: SledOptions,
+    writer: Mutex<Writer>,
+    /// The last revision applied to the tree (it may not be durable yet).
+    applied: AtomicI64,
+    compacted: AtomicI64,
+    hub: Mutex<Hub>,
+    durable: watch::Sender<Durability>,
+    closed: AtomicBool,
+}
+
+/// State guarded by the writer lock.
+struct Writer {
+    revision: Revision,
+    /// Events applied to the tree, waiting for the next flush before they are published.
+    pending: Vec<Event>,
+}
+
+/// The watch fan-out.
+struct Hub {
+    /// Every event up to this revision is durable and has been published.
+    durable: Revision,
+    subscribers: Vec<Subscriber>,
+}
+
+struct Subscriber {
+    prefix: Vec<u8>,
+    sender: mpsc::Sender<Event>,
+    cut_off: Arc<AtomicBool>,
+}
+
+#[derive(Clone, Debug)]
+struct Durability {
+    revision: Revision,
+    failure: Option<String>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in directory `path`. A corrupted or foreign database is
+    /// an error, never a panic.
+    pub fn open(path: &Path, options: SledOptions) -> Result<SledStore, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: path.display().to_string(),
+            reason,
+        };
+        let config = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity)
+            .flush_every_ms(None);
+        let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
+            Ok(Ok(db)) => db,
+            Ok(Err(err)) => return Err(corrupt(err.to_string())),
+            Err(_) => return Err(corrupt("the database engine failed reading it".into())),
+        };
+        let read = |key: &[u8]| db.get(key).map_err(|err| corrupt(err.to_string()));
+        match read(FORMAT_KEY)? {
+            Some(format) if format.as_ref() == FORMAT => {}
+            Some(format) => {
+                return Err(corrupt(format!(
+                    "unsupported format {:?}",
+                    String::from_utf8_lossy(&format)
+                )))
+            }
+            None => {
+                if !db.is_empty() {
+                    return Err(corrupt("not a cluster database".into()));
+                }
+                db.insert(FORMAT_KEY, FORMAT)
+                    .and_then(|_| db.flush())
+                    .map_err(|err| corrupt(err.to_string()))?;
+            }
+        }
+        let revision = match read(REVISION_KEY)? {
+            Some(bytes) => decode_i64(&bytes).ok_or_else(|| corrupt("bad revision".into()))?,
+            None => 0,
+        };
+        let compacted = match read(COMPACT_KEY)? {
+            Some(bytes) => decode_i64(&bytes).ok_or_else(|| corrupt("bad compaction".into()))?,
+            None => 0,
+        };
+        let (durable, _) = watch::channel(Durability {
+            revision,
+            failure: None,
+        });
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            db,
+            options,
+            writer: Mutex::new(Writer {
+                revision,
+                pending: Vec::new(),
+            }),
+            applied: AtomicI64::new(revision),
+            compacted: AtomicI64::new(compacted),
+            hub: Mutex::new(Hub {
+                durable: revision,
+                subscribers: Vec::new(),
+            }),
+            durable,
+            closed: AtomicBool::new(false),
+        });
+        let (wake, woken) = std_mpsc::sync_channel(1);
+        let flusher_shared = Arc::clone(&shared);
+        let flusher = std::thread::Builder::new()
+            .name("store-flusher".into())
+            .spawn(move || flusher(flusher_shared, woken))
+            .map_err(|err| StoreError::Backend(format!("starting the flusher thread: {err}")))?;
+        info!(path = %path.display(), revision, compacted, "store opened");
+        Ok(SledStore {
+            inner: Arc::new(Inner {
+                shared,
+                wake: Some(wake),
+                flusher: Some(flusher),
+            }),
+        })
+    }
+
+    /// Flushes everything to disk and refuses further writes and watches; open watches end
+    /// with [`StoreError::Closed`].
+    pub fn close(&self) -> Result<(), StoreError> {
+        let shared = &self.inner.shared;
+        shared.closed.store(true, Ordering::SeqCst);
+        // Take the writer lock so that no write is half-way through while we flush.
+        let _writer = shared.lock_writer();
+        shared.db.flush().map_err(backend)?;
+        lock(&shared.hub).subscribers.clear();
+        Ok(())
+    }
+
+    /// The revision history has been compacted up to.
+    pub fn compacted_revision(&self) -> Revision {
+        self.inner.shared.compacted.load(Ordering::SeqCst)
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.inner.shared.db.size_on_disk().map_err(backend)
+    }
+
+    /// Runs the automatic compaction every [`SledOptions::compaction_interval`] until `cancel`.
+    pub fn run_compactor(&self, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        let interval = self.inner.shared.options.compaction_interval;
+        let span = info_span!("store_compactor", path = %self.inner.shared.path.display());
+        tokio::spawn(
+            async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = ticker.tick() => {}
+                    }
+                    match store.compact_expired_history(SystemTime::now()).await {
+                        Ok(Some(revision)) => debug!(revision, "history compacted"),
+                        Ok(None) => {}
+                        Err(err) => warn!(error = %err, "automatic compaction failed"),
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Compacts the history that is both older than the window at `now` and beyond the
+    /// minimum number of revisions kept. Returns the revision compacted to, if any.
+    pub async fn compact_expired_history(
+        &self,
+        now: SystemTime,
+    ) -> Result<Option<Revision>, StoreError> {
+        let shared = &self.inner.shared;
+        let cutoff = now
+            .checked_sub(shared.options.history_window)
+            .map(unix_millis)
+            .unwrap_or(0);
+        let newest_allowed =
+            shared.applied.load(Ordering::SeqCst) - shared.options.min_history_revisions;
+        let mut target = None;
+        for item in shared
+            .db
+            .range(history_key(0)..history_key(newest_allowed.max(0) + 1))
+        {
+            let (key, value) = item.map_err(backend)?;
+            let revision =
+                decode_history_key(&key).ok_or_else(|| shared.corrupt("bad history key"))?;
+            let record = HistoryRecord::decode(&value)
+                .ok_or_else(|| shared.corrupt("bad history record"))?;
+            if record.time_ms >= cutoff {
+                break;
+            }
+            target = Some(revision);
+        }
+        match target {
+            Some(revision) if revision > shared.compacted.load(Ordering::SeqCst) => {
+                self.compact(revision).await?;
+                Ok(Some(revision))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// Applies one write under the writer lock and waits until it is durable.
+    async fn write<F>(&self, key: &[u8], decide: F) -> Result<Event, StoreError>
+    where
+        F: FnOnce(Option<KeyValue>) -> Result<Option<Vec<u8>>, StoreError>,
+    {
+        let shared = self.shared();
+        let event = {
+            let mut writer = shared.lock_writer();
+            if shared.closed.load(Ordering::SeqCst) {
+                return Err(StoreError::Closed);
+            }
+            let current = shared.read_current(key)?;
+            let revision = writer.revision + 1;
+            // `decide` says what the key becomes: Some(value) for a put, None for a delete.
+            let new_value = decide(current.clone())?;
+            let event = match new_value {
+                Some(value) => {
+                    let (create_revision, version) = match &current {
+                        Some(kv) => (kv.create_revision, kv.version + 1),
+                        None => (revision, 1),
+                    };
+                    Event {
+                        kind: EventKind::Put,
+                        kv: KeyValue {
+                            key: key.to_vec(),
+                            value,
+                            create_revision,
+                            mod_revision: revision,
+                            version,
+                        },
+                        prev_kv: current,
+                    }
+                }
+                None => Event {
+                    kind: EventKind::Delete,
+                    kv: KeyValue {
+                        key: key.to_vec(),
+                        value: Vec::new(),
+                        create_revision: 0,
+                        mod_revision: revision,
+                        version: 0,
+                    },
+                    prev_kv: current,
+                },
+            };
+            let mut batch = sled::Batch::default();
+            match event.kind {
+                EventKind::Put => batch.insert(current_key(key), encode_current(&event.kv)),
+                EventKind::Delete => batch.remove(current_key(key)),
+            }
+            let record = HistoryRecord {
+                time_ms: unix_millis(SystemTime::now()),
+                event: event.clone(),
+            };
+            batch.insert(&history_key(revision)[..], record.encode());
+            batch.insert(REVISION_KEY, &revision.to_be_bytes()[..]);
+            shared.db.apply_batch(batch).map_err(backend)?;
+            writer.revision = revision;
+            shared.applied.store(revision, Ordering::SeqCst);
+            writer.pending.push(event.clone());
+            event
+        };
+        // A full channel means a wake-up is already pending: the next flush covers us too.
+        if let Some(wake) = &self.inner.wake {
+            let _ = wake.try_send(());
+        }
+        self.wait_durable(event.revision()).await?;
+        Ok(event)
+    }
+
+    async fn wait_durable(&self, revision: Revision) -> Result<(), StoreError> {
+        let mut durable = self.shared().durable.subscribe();
+        let state = durable
+            .wait_for(|state| state.revision >= revision || state.failure.is_some())
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        if state.revision >= revision {
+            return Ok(());
+        }
+        Err(StoreError::Backend(format!(
+            "flushing to disk failed: {}",
+            state.failure.clone().unwrap_or_default()
+        )))
+    }
+
+    /// One attempt at reading `[lower, upper)` as of `revision`; `None` if a concurrent write
+    /// to the range made the attempt inconsistent.
+    fn range_attempt(
+        &self,
+        lower: &[u8],
+        upper: Option<&[u8]>,
+        limit: usize,
+        revision: Revision,
+    ) -> Result<Option<(Vec<KeyValue>, bool)>, StoreError> {
+        let shared = self.shared();
+        let in_range = |key: &[u8]| key >= lower && upper.is_none_or(|upper| key < upper);
+        // The state at `revision` of every key written after it: the previous state recorded
+        // by the oldest write after `revision`.
+        let mut undo: BTreeMap<Vec<u8>, Option<KeyValue>> = BTreeMap::new();
+        let mut last_seen = revision;
+        for record in shared.history_after(revision) {
+            let (record_revision, record) = record?;
+            last_seen = record_revision;
+            let key = &record.event.kv.key;
+            if in_range(key) && !undo.contains_key(key) {
+                undo.insert(key.clone(), record.event.prev_kv);
+            }
+        }
+        let mut kvs = Vec::new();
+        let want = if limit == 0 { usize::MAX } else { limit + 1 };
+        let start = current_key(lower);
+        let end = match upper {
+            Some(upper) => current_key(upper),
+            None => vec![CURRENT + 1],
+        };
+        let mut undo_iter = undo.iter().peekable();
+        let mut current_iter = shared.db.range(start..end).peekable();
+        while kvs.len() < want {
+            let next_current = match current_iter.peek() {
+                Some(Ok((key, _))) => Some(key[1..].to_vec()),
+                Some(Err(_)) => {
+                    if let Some(Err(err)) = current_iter.next() {
+                        return Err(backend(err));
+                    }
+                    continue;
+                }
+                None => None,
+            };
+            let next_undo = undo_iter.peek().map(|(key, _)| key.to_vec());
+            let take_undo = match (&next_current, &next_undo) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(current), Some(undone)) => undone <= current,
+            };
+            if take_undo {
+                let (key, state) = undo_iter.next().ok_or_else(|| shared.corrupt("range"))?;
+                if next_current.as_deref() == Some(key.as_slice()) {
+                    current_iter.next();
+                }
+                if let Some(kv) = state {
+                    kvs.push(kv.clone());
+                }
+            } else if let Some(Ok((key, value))) = current_iter.next() {
+                let kv = decode_current(&key[1..], &value)
+                    .ok_or_else(|| shared.corrupt("bad current record"))?;
+                kvs.push(kv);
+            }
+        }
+        // Every write that the scan could have seen has its history record in the tree by now;
+        // if one touched the range after our history read, the scan may have mixed states.
+        for record in shared.history_after(last_seen) {
+            let (_, record) = record?;
+            if in_range(&record.event.kv.key) {
+                return Ok(None);
+            }
+        }
+        let more = limit != 0 && kvs.len() > limit;
+        kvs.truncate(if limit == 0 { kvs.len() } else { limit });
+        Ok(Some((kvs, more)))
+    }
+
+    fn check_readable(&self, revision: Revision) -> Result<(), StoreError> {
+        let compacted = self.compacted_revision();
+        if revision < compacted {
+            return Err(StoreError::Compacted {
+                requested: revision,
+                compacted,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        lock(&self.writer)
+    }
+
+    fn corrupt(&self, reason: &str) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn read_current(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        match self.db.get(current_key(key)).map_err(backend)? {
+            Some(value) => decode_current(key, &value)
+                .map(Some)
+                .ok_or_else(|| self.corrupt("bad current record")),
+            None => Ok(None),
+        }
+    }
+
+    /// History records with a revision greater than `revision`, oldest first.
+    fn history_after(
+        &self,
+        revision: Revision,
+    ) -> impl Iterator<Item = Result<(Revision, HistoryRecord), StoreError>> + '_ {
+        self.db
+            .range(history_key(revision.saturating_add(1).max(0)).to_vec()..vec![HISTORY + 1])
+            .map(move |item| {
+                let (key, value) = item.map_err(backend)?;
+                let revision =
+                    decode_history_key(&key).ok_or_else(|| self.corrupt("bad history key"))?;
+                let record = HistoryRecord::decode(&value)
+                    .ok_or_else(|| self.corrupt("bad history record"))?;
+                Ok((revision, record))
+            })
+    }
+
+    /// Publishes durable events to the watchers, in order, and advances the durable revision.
+    fn publish(&self, events: Vec<Event>, revision: Revision) {
+        let mut hub = lock(&self.hub);
+        for event in &events {
+            hub.subscribers.retain(|subscriber| {
+                if !event.kv.key.starts_with(&subscriber.prefix) {
+                    return !subscriber.sender.is_closed();
+                }
+                match subscriber.sender.try_send(event.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        subscriber.cut_off.store(true, Ordering::SeqCst);
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            });
+        }
+        hub.durable = revision;
+        drop(hub);
+        self.durable.send_modify(|state| state.revision = revision);
+    }
+}
+
+/// The flusher thread: one flush covers every write applied before it started.
+fn flusher(shared: Arc<Shared>, woken: std_mpsc::Receiver<()>) {
+    loop {
+        let last = woken.recv().is_err();
+        let (events, revision) = {
+            let mut writer = shared.lock_writer();
+            (std::mem::take(&mut writer.pending), writer.revision)
+        };
+        if !events.is_empty() || last {
+            match shared.db.flush() {
+                Ok(_) => shared.publish(events, revision),
+                Err(err) => {
+                    error!(error = %err, "flushing the store to disk failed");
+                    shared
+                        .durable
+                        .send_modify(|state| state.failure = Some(err.to_string()));
+                }
+            }
+        }
+        if last {
+            lock(&shared.hub).subscribers.clear();
+            return;
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        self.shared().read_current(key)
+    }
+
+    async fn range(&self, request: RangeRequest) -> Result<RangeResponse, StoreError> {
+        let current = self.shared().applied.load(Ordering::SeqCst);
+        let revision = match request.revision {
+            Some(revision) if revision > 0 => revision,
+            _ => current,
+        };
+        if revision > current {
+            return Err(StoreError::FutureRevision {
+                requested: revision,
+                current,
+            });
+        }
+        self.check_readable(revision)?;
+        let lower = match &request.start {
+            Some(start) if start.as_slice() > request.prefix.as_slice() => start.clone(),
+            _ => request.prefix.clone(),
+        };
+        let upper = prefix_end(&request.prefix);
+        let mut result = None;
+        for _ in 0..RANGE_OPTIMISTIC_ATTEMPTS {
+            result = self.range_attempt(&lower, upper.as_deref(), request.limit, revision)?;
+            if result.is_some() {
+                break;
+            }
+        }
+        let (kvs, more) = match result {
+            Some(found) => found,
+            None => {
+                let _writer = self.shared().lock_writer();
+                self.range_attempt(&lower, upper.as_deref(), request.limit, revision)?
+                    .ok_or_else(|| StoreError::Backend("range raced with a write".into()))?
+            }
+        };
+        // Compaction may have removed history we needed while we read.
+        self.check_readable(revision)?;
+        let next = match (more, kvs.last()) {
+            (true, Some(last)) => Some(key_after(&last.key)),
+            _ => None,
+        };
+        Ok(RangeResponse {
+            kvs,
+            next,
+            revision,
+        })
+    }
+
+    async fn create(&self, key: &[u8], value: &[u8]) -> Result<KeyValue, StoreError> {
+        let event = self
+            .write(key, |current| match current {
+                Some(_) => Err(StoreError::AlreadyExists { key: lossy(key) }),
+                None => Ok(Some(value.to_vec())),
+            })
+            .await?;
+        Ok(event.kv)
+    }
+
+    async fn update(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expected_mod_revision: Revision,
+    ) -> Result<KeyValue, StoreError> {
+        let event = self
+            .write(key, |current| match current {
+                None => Err(StoreError::NotFound { key: lossy(key) }),
+                Some(kv) if kv.mod_revision != expected_mod_revision => Err(StoreError::Conflict {
+                    key: lossy(key),
+                    expected: expected_mod_revision,
+                    current: Box::new(kv),
+                }),
+                Some(_) => Ok(Some(value.to_vec())),
+            })
+            .await?;
+        Ok(event.kv)
+    }
+
+    async fn delete(
+        &self,
+        key: &[u8],
+        expected_mod_revision: Option<Revision>,
+    ) -> Result<(KeyValue, Revision), StoreError> {
+        let event = self
+            .write(key, |current| match (current, expected_mod_revision) {
+                (None, _) => Err(StoreError::NotFound { key: lossy(key) }),
+                (Some(kv), Some(expected)) if kv.mod_revision != expected => {
+                    Err(StoreError::Conflict {
+                        key: lossy(key),
+                        expected,
+                        current: Box::new(kv),
+                    })
+                }
+                (Some(_), _) => Ok(None),
+            })
+            .await?;
+        let revision = event.revision();
+        let prev = event
+            .prev_kv
+            .ok_or_else(|| StoreError::Backend("delete without a previous value".into()))?;
+        Ok((prev, revision))
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.shared().applied.load(Ordering::SeqCst))
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let shared = self.shared();
+        let current = shared.applied.load(Ordering::SeqCst);
+        if revision > current {
+            return Err(StoreError::FutureRevision {
+                requested: revision,
+                current,
+            });
+        }
+        {
+            // Publish the new compaction point first so that no new reader relies on history
+            // that is about to go; the marker is durable before any record is removed.
+            let _writer = shared.lock_writer();
+            let compacted = shared.compacted.load(Ordering::SeqCst);
+            if revision <= compacted {
+                return Err(StoreError::Compacted {
+                    requested: revision,
+                    compacted,
+                });
+            }
+            shared
+                .db
+                .insert(COMPACT_KEY, &revision.to_be_bytes()[..])
+                .map_err(backend)?;
+            shared.compacted.store(revision, Ordering::SeqCst);
+        }
+        shared.db.flush_async().await.map_err(backend)?;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut count = 0;
+            for item in shared
+                .db
+                .range(history_key(0)..history_key(revision + 1))
+                .keys()
+                .take(COMPACTION_BATCH)
+            {
+                batch.remove(item.map_err(backend)?);
+                count += 1;
+            }
+            if count == 0 {
+                break;
+            }
+            shared.db.apply_batch(batch).map_err(backend)?;
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+
+    async fn watch(
+        &self,
+        prefix: &[u8],
+        from_revision: Revision,
+    ) -> Result<WatchStream, StoreError> {
+        let shared = self.shared();
+        let (sender, receiver) = mpsc::channel(shared.options.watch_buffer.max(1));
+        let cut_off = Arc::new(AtomicBool::new(false));
+        let durable = {
+            let mut hub = lock(&shared.hub);
+            if shared.closed.load(Ordering::SeqCst) {
+                return Err(StoreError::Closed);
+            }
+            hub.subscribers.push(Subscriber {
+                prefix: prefix.to_vec(),
+                sender,
+                cut_off: Arc::clone(&cut_off),
+            });
+            hub.durable
+        };
+        let from = from_revision.max(0);
+        self.check_readable(from)?;
+        let mut replay = Vec::new();
+        if from < durable {
+            for record in shared.history_after(from) {
+                let (revision, record) = record?;
+                if revision > durable {
+                    break;
+                }
+                if record.event.kv.key.starts_with(prefix) {
+                    replay.push(Ok(record.event));
+                }
+            }
+        }
+        self.check_readable(from)?;
+        let live = futures::stream::unfold(
+            (receiver, cut_off, false),
+            |(mut receiver, cut_off, ended)| async move {
+                if ended {
+                    return None;
+                }
+                match receiver.recv().await {
+                    Some(event) => Some((Ok(event), (receiver, cut_off, false))),
+                    None => {
+                        let err = if cut_off.load(Ordering::SeqCst) {
+                            StoreError::WatcherTooSlow
+                        } else {
+                            StoreError::Closed
+                        };
+                        Some((Err(err), (receiver, cut_off, true)))
+                    }
+                }
+            },
+        )
+        // A watch from a future revision must not see the events up to it.
+        .filter(move |item| {
+            let keep = match item {
+                Ok(event) => event.revision() > from,
+                Err(_) => true,
+            };
+            futures::future::ready(keep)
+        });
+        Ok(Box::pin(futures::stream::iter(replay).chain(live)))
+    }
+}
+
+/// A history record: the event of one write and when it happened.
+#[derive(Debug)]
+struct HistoryRecord {
+    time_ms: i64,
+    event: Event,
+}
+
+impl HistoryRecord {
+    // kind(1) time(8) key_len(4) key new_kv(create 8, mod 8, version 8, len 4, value)
+    // has_prev(1) [prev: create 8, mod 8, version 8, value to the end]
+    fn encode(&self) -> Vec<u8> {
+        let kv = &self.event.kv;
+        let prev_len = self
+            .event
+            .prev_kv
+            .as_ref()
+            .map_or(0, |kv| 24 + kv.value.len());
+        let mut out =
+            Vec::with_capacity(1 + 8 + 4 + kv.key.len() + 28 + kv.value.len() + 1 + prev_len);
+        out.push(match self.event.kind {
+            EventKind::Put => 0,
+            EventKind::Delete => 1,
+        });
+        out.extend_from_slice(&self.time_ms.to_be_bytes());
+        put_bytes(&mut out, &kv.key);
+        out.extend_from_slice(&kv.create_revision.to_be_bytes());
+        out.extend_from_slice(&kv.mod_revision.to_be_bytes());
+        out.extend_from_slice(&kv.version.to_be_bytes());
+        put_bytes(&mut out, &kv.value);
+        match &self.event.prev_kv {
+            None => out.push(0),
+            Some(prev) => {
+                out.push(1);
+                out.extend_from_slice(&prev.create_revision.to_be_bytes());
+                out.extend_from_slice(&prev.mod_revision.to_be_bytes());
+                out.extend_from_slice(&prev.version.to_be_bytes());
+                out.extend_from_slice(&prev.value);
+            }
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<HistoryRecord> {
+        let mut reader = Reader(bytes);
+        let kind = match reader.u8()? {
+            0 => EventKind::Put,
+            1 => EventKind::Delete,
+            _ => return None,
+        };
+        let time_ms = reader.i64()?;
+        let key = reader.bytes()?.to_vec();
+        let create_revision = reader.i64()?;
+        let mod_revision = reader.i64()?;
+        let version = reader.i64()?;
+        let value = reader.bytes()?.to_vec();
+        let prev_kv = match reader.u8()? {
+            0 => None,
+            1 => Some(KeyValue {
+                key: key.clone(),
+                create_revision: reader.i64()?,
+                mod_revision: reader.i64()?,
+                version: reader.i64()?,
+                value: reader.rest().to_vec(),
+            }),
+            _ => return None,
+        };
+        Some(HistoryRecord {
+            time_ms,
+            event: Event {
+                kind,
+                kv: KeyValue {
+                    key,
+                    value,
+                    create_revision,
+                    mod_revision,
+                    version,
+                },
+                prev_kv,
+            },
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn i64(&mut self) -> Option<i64> {
+        decode_i64(self.take(8)?)
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = u32::from_be_bytes(self.take(4)?.try_into().ok()?) as usize;
+        self.take(len)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+// create(8) mod(8) version(8) value
+fn encode_current(kv: &KeyValue) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + kv.value.len());
+    out.extend_from_slice(&kv.create_revision.to_be_bytes());
+    out.extend_from_slice(&kv.mod_revision.to_be_bytes());
+    out.extend_from_slice(&kv.version.to_be_bytes());
+    out.extend_from_slice(&kv.value);
+    out
+}
+
+fn decode_current(key: &[u8], bytes: &[u8]) -> Option<KeyValue> {
+    let mut reader = Reader(bytes);
+    Some(KeyValue {
+        key: key.to_vec(),
+        create_revision: reader.i64()?,
+        mod_revision: reader.i64()?,
+        version: reader.i64()?,
+        value: reader.rest().to_vec(),
+    })
+}
+
+fn decode_i64(bytes: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn current_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 1);
+    out.push(CURRENT);
+    out.extend_from_slice(key);
+    out
+}
+
+fn history_key(revision: Revision) -> [u8; 9] {
+    let mut out = [0u8; 9];
+    out[0] = HISTORY;
+    out[1..].copy_from_slice(&revision.to_be_bytes());
+    out
+}
+
+fn decode_history_key(key: &[u8]) -> Option<Revision> {
+    match key.split_first() {
+        Some((&HISTORY, rest)) => decode_i64(rest),
+        _ => None,
+    }
+}
+
+fn unix_millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn backend(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: every critical
+/// section here leaves the state consistent before anything that could panic.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: EventKind, prev: bool) -> HistoryRecord {
+        let kv = KeyValue {
+            key: b"/registry/pods/default/a".to_vec(),
+            value: b"{\"x\":1}".to_vec(),
+            create_revision: 3,
+            mod_revision: 7,
+            version: 2,
+        };
+        HistoryRecord {
+            time_ms: 1_700_000_000_000,
+            event: Event {
+                kind,
+                kv: kv.clone(),
+                prev_kv: prev.then(|| KeyValue {
+                    value: b"old".to_vec(),
+                    mod_revision: 5,
+                    version: 1,
+                    ..kv
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn history_records_round_trip() {
+        for (kind, prev) in [
+            (EventKind::Put, false),
+            (EventKind::Put, true),
+            (EventKind::Delete, true),
+        ] {
+            let original = record(kind, prev);
+            let decoded = HistoryRecord::decode(&original.encode()).expect("decodes");
+            assert_eq!(decoded.time_ms, original.time_ms);
+            assert_eq!(decoded.event, original.event);
+        }
+    }
+
+    #[test]
+    fn truncated_records_are_rejected_not_panicked_on() {
+        let bytes = record(EventKind::Put, true).encode();
+        for cut in 0..30 {
+            assert!(
+                HistoryRecord::decode(&bytes[..cut]).is_none(),
+                "cut at {cut}"
+            );
+        }
+        assert!(decode_current(b"k", &[0; 10]).is_none());
+    }
+
+    #[test]
+    fn history_keys_sort_by_revision() {
+        assert!(history_key(9) < history_key(10));
+        assert!(history_key(255) < history_key(256));
+        assert_eq!(decode_history_key(&history_key(42)), Some(42));
+    }
+}

@@ -649,7 +649,7 @@ mod cases {
         );
         assert!(revisions.iter().all(|r| *r > start && *r <= end));
 
-        for (from, asked_at, mut stream) in started {
+        for (from, _asked_at, mut stream) in started {
             // `from` is literal: 0 replays everything under the prefix.
             let expected: Vec<&Event> = all.iter().filter(|e| e.revision() > from).collect();
             let got = events(&mut stream, expected.len()).await;

@@ -27,6 +27,8 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the control plane (API store; the API server and controllers are on the way)
     Server(ServerArgs),
@@ -79,6 +81,109 @@ pub struct ServerArgs {
 
     #[command(flatten)]
     pub datastore: DatastoreArgs,
+
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+
+    #[command(flatten)]
+    pub networking: NetworkingArgs,
+}
+
+/// How the API server is reached and who may call it.
+#[derive(Debug, Clone, Args)]
+pub struct ListenerArgs {
+    /// Address the API server listens on
+    #[arg(
+        long,
+        env = "CLUSTER_BIND_ADDRESS",
+        default_value = "0.0.0.0",
+        value_name = "IP",
+        help_heading = "Listener"
+    )]
+    pub bind_address: std::net::IpAddr,
+
+    /// HTTPS port of the API server
+    #[arg(
+        long,
+        env = "CLUSTER_HTTPS_LISTEN_PORT",
+        default_value_t = 6443,
+        value_name = "PORT",
+        help_heading = "Listener"
+    )]
+    pub https_listen_port: u16,
+
+    /// Extra host names or IPs in the serving certificate (repeat or comma-separate)
+    #[arg(
+        long,
+        env = "CLUSTER_TLS_SAN",
+        value_delimiter = ',',
+        value_name = "NAME",
+        help_heading = "Listener"
+    )]
+    pub tls_san: Vec<String>,
+
+    /// Static bearer tokens, in kube-apiserver's CSV format: token,user,uid,"group1,group2"
+    #[arg(
+        long,
+        env = "CLUSTER_TOKEN_AUTH_FILE",
+        value_name = "FILE",
+        help_heading = "Listener"
+    )]
+    pub token_auth_file: Option<PathBuf>,
+
+    /// Where to write the admin kubeconfig
+    #[arg(
+        long,
+        env = "CLUSTER_WRITE_KUBECONFIG",
+        default_value = "/etc/cluster/cluster.yaml",
+        value_name = "FILE",
+        help_heading = "Client"
+    )]
+    pub write_kubeconfig: PathBuf,
+
+    /// File mode of the admin kubeconfig, in octal
+    #[arg(
+        long,
+        env = "CLUSTER_WRITE_KUBECONFIG_MODE",
+        default_value = "0600",
+        value_name = "MODE",
+        help_heading = "Client"
+    )]
+    pub write_kubeconfig_mode: String,
+}
+
+/// Cluster-wide network settings the control plane needs.
+#[derive(Debug, Clone, Args)]
+pub struct NetworkingArgs {
+    /// Cluster domain of service DNS names
+    #[arg(
+        long,
+        env = "CLUSTER_CLUSTER_DOMAIN",
+        default_value = "cluster.local",
+        value_name = "DOMAIN",
+        help_heading = "Networking"
+    )]
+    pub cluster_domain: String,
+
+    /// IPv4 range of Service cluster IPs (its first address is the kubernetes Service)
+    #[arg(
+        long,
+        env = "CLUSTER_SERVICE_CIDR",
+        default_value = "10.43.0.0/16",
+        value_name = "CIDR",
+        help_heading = "Networking"
+    )]
+    pub service_cidr: String,
+
+    /// IP addresses of this node (default: the addresses of the host's interfaces)
+    #[arg(
+        long,
+        env = "CLUSTER_NODE_IP",
+        value_delimiter = ',',
+        value_name = "IP",
+        help_heading = "Networking"
+    )]
+    pub node_ip: Vec<std::net::IpAddr>,
 }
 
 /// Where the server keeps its objects: the embedded store unless an etcd endpoint is given.
@@ -121,6 +226,36 @@ pub struct DatastoreArgs {
         help_heading = "Datastore"
     )]
     pub datastore_keyfile: Option<PathBuf>,
+
+    /// How long the embedded store keeps history for watches (e.g. 300s, 5m)
+    #[arg(
+        long,
+        env = "CLUSTER_DATASTORE_HISTORY_WINDOW",
+        default_value = "5m",
+        value_name = "DURATION",
+        help_heading = "Datastore"
+    )]
+    pub datastore_history_window: String,
+
+    /// The embedded store keeps at least this many recent revisions whatever their age
+    #[arg(
+        long,
+        env = "CLUSTER_DATASTORE_HISTORY_MIN_REVISIONS",
+        default_value_t = 1000,
+        value_name = "N",
+        help_heading = "Datastore"
+    )]
+    pub datastore_history_min_revisions: i64,
+
+    /// How often the embedded store compacts its history (e.g. 30s)
+    #[arg(
+        long,
+        env = "CLUSTER_DATASTORE_COMPACTION_INTERVAL",
+        default_value = "30s",
+        value_name = "DURATION",
+        help_heading = "Datastore"
+    )]
+    pub datastore_compaction_interval: String,
 }
 
 /// `cluster agent`.

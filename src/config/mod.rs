@@ -135,7 +135,78 @@ pub enum Datastore {
 pub struct ServerConfig {
     pub data_dir: DataDir,
     pub datastore: Datastore,
+    /// History retention of the embedded store.
+    pub history: History,
     pub debug: bool,
+    /// Where the API server listens.
+    pub listen: std::net::SocketAddr,
+    /// Extra names in the serving certificate.
+    pub tls_sans: Vec<String>,
+    pub token_auth_file: Option<PathBuf>,
+    pub write_kubeconfig: PathBuf,
+    pub write_kubeconfig_mode: u32,
+    pub cluster_domain: String,
+    /// The first address of the service CIDR: the `kubernetes` Service's cluster IP.
+    pub kubernetes_service_ip: std::net::IpAddr,
+    /// This node's addresses (empty: detect).
+    pub node_ips: Vec<std::net::IpAddr>,
+}
+
+/// How long the embedded store keeps history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct History {
+    pub window: std::time::Duration,
+    pub min_revisions: i64,
+    pub compaction_interval: std::time::Duration,
+}
+
+/// Parses durations as Kubernetes tools write them: `90s`, `5m`, `1h`, `1h30m`, `500ms`, or a
+/// bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, ConfigError> {
+    let bad = || ConfigError::Invalid(format!("invalid duration {text:?}: use e.g. 30s, 5m or 1h"));
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(seconds));
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        total += match unit {
+            "ms" => std::time::Duration::from_millis(number),
+            "s" => std::time::Duration::from_secs(number),
+            "m" => std::time::Duration::from_secs(number * 60),
+            "h" => std::time::Duration::from_secs(number * 3600),
+            _ => return Err(bad()),
+        };
+    }
+    Ok(total)
+}
+
+/// The first usable address of an IPv4 CIDR (`10.43.0.0/16` → `10.43.0.1`).
+pub fn first_address(cidr: &str) -> Result<std::net::IpAddr, ConfigError> {
+    let bad = |why: &str| ConfigError::Invalid(format!("invalid CIDR {cidr:?}: {why}"));
+    let (address, prefix) = cidr
+        .split_once('/')
+        .ok_or_else(|| bad("expected address/prefix"))?;
+    let address: std::net::Ipv4Addr = address.parse().map_err(|_| bad("not an IPv4 address"))?;
+    let prefix: u32 = prefix.parse().map_err(|_| bad("bad prefix length"))?;
+    if !(1..=30).contains(&prefix) {
+        return Err(bad("prefix length must be between 1 and 30"));
+    }
+    let mask = u32::MAX << (32 - prefix);
+    let network = u32::from(address) & mask;
+    Ok(std::net::IpAddr::V4(std::net::Ipv4Addr::from(network + 1)))
 }
 
 /// Resolved configuration of `cluster agent`.
@@ -171,6 +242,8 @@ pub struct CheckConfig {
 
 /// What to run, with its configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Built once at start-up: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Invocation {
     Server(ServerConfig),
     Agent(AgentConfig),
@@ -405,11 +478,83 @@ fn first_line(message: &str) -> String {
 }
 
 fn server_config(args: ServerArgs) -> Result<ServerConfig, ConfigError> {
+    let history = History {
+        window: parse_duration(&args.datastore.datastore_history_window)?,
+        min_revisions: args.datastore.datastore_history_min_revisions.max(0),
+        compaction_interval: parse_duration(&args.datastore.datastore_compaction_interval)?,
+    };
+    if history.compaction_interval.is_zero() {
+        return Err(ConfigError::Invalid(
+            "--datastore-compaction-interval must be greater than zero".into(),
+        ));
+    }
+    let mode = u32::from_str_radix(
+        args.listener.write_kubeconfig_mode.trim_start_matches("0o"),
+        8,
+    )
+    .ok()
+    .filter(|mode| *mode <= 0o777)
+    .ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "--write-kubeconfig-mode {:?} is not an octal file mode such as 0600 or 0644",
+            args.listener.write_kubeconfig_mode
+        ))
+    })?;
     Ok(ServerConfig {
         data_dir: DataDir::new(&args.common.data_dir)?,
         datastore: datastore(args.datastore)?,
+        history,
         debug: args.common.debug,
+        listen: std::net::SocketAddr::new(
+            args.listener.bind_address,
+            args.listener.https_listen_port,
+        ),
+        tls_sans: args.listener.tls_san,
+        token_auth_file: args.listener.token_auth_file,
+        write_kubeconfig: std::path::absolute(&args.listener.write_kubeconfig)
+            .unwrap_or(args.listener.write_kubeconfig),
+        write_kubeconfig_mode: mode,
+        cluster_domain: args.networking.cluster_domain,
+        kubernetes_service_ip: first_address(&args.networking.service_cidr)?,
+        node_ips: args.networking.node_ip,
     })
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_cidrs_parse() {
+        assert_eq!(
+            parse_duration("90").ok(),
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("5m").ok(),
+            Some(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_duration("1h30m").ok(),
+            Some(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(
+            parse_duration("500ms").ok(),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(
+            first_address("10.43.0.0/16").ok(),
+            Some("10.43.0.1".parse().expect("ip"))
+        );
+        assert_eq!(
+            first_address("10.96.5.7/12").ok(),
+            Some("10.96.0.1".parse().expect("ip"))
+        );
+        assert!(first_address("10.43.0.0").is_err());
+        assert!(first_address("fd00::/64").is_err());
+    }
 }
 
 fn datastore(args: DatastoreArgs) -> Result<Datastore, ConfigError> {

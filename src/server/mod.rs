@@ -7,17 +7,23 @@
 //! [`crate::config`]'s job) and must not touch the data plane.
 //!
 //! # Caveats
-//! - Only the store runs so far; the API server, controllers and scheduler are not wired in yet.
+//! - The store and the API server run; controllers and the scheduler are not wired in yet.
 
+pub mod apiserver;
+pub mod pki;
 pub mod store;
 
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{Datastore, ServerConfig};
+use apiserver::authn::TokenAuthenticator;
+use apiserver::authz::SuperuserOnly;
+use apiserver::ApiState;
+use pki::{write_kubeconfig, Pki, PkiOptions};
 use store::etcd::{EtcdOptions, EtcdStore};
 use store::sled::{SledOptions, SledStore};
 use store::{Store, StoreError};
@@ -59,6 +65,22 @@ pub enum ServerError {
     /// A blocking task (opening or closing the store) panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
+    /// The cluster's certificates could not be created or loaded.
+    #[error("certificates")]
+    Pki(#[source] pki::PkiError),
+    /// The token file could not be read.
+    #[error("token auth file")]
+    Authn(#[source] apiserver::authn::AuthnError),
+    /// The API server could not start.
+    #[error("api server: {0}")]
+    Api(apiserver::errors::ApiError),
+    /// The API server's address could not be bound.
+    #[error("listening on {address}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs the control plane until `shutdown` is cancelled, then shuts it down cleanly.
@@ -69,8 +91,12 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         datastore = datastore_name(&config.datastore),
         "starting server"
     );
-    match config.datastore {
-        Datastore::Embedded => run_embedded(config.data_dir.server_db(), shutdown).await,
+    create_private_dir(&config.data_dir.server()).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.server().display().to_string(),
+        source,
+    })?;
+    match &config.datastore {
+        Datastore::Embedded => run_embedded(&config, shutdown).await,
         Datastore::Etcd {
             endpoints,
             ca_file,
@@ -78,12 +104,12 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
             key_file,
         } => {
             let options = EtcdOptions {
-                endpoints,
-                ca_file,
-                cert_file,
-                key_file,
+                endpoints: endpoints.clone(),
+                ca_file: ca_file.clone(),
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
             };
-            run_etcd(options, shutdown).await
+            run_etcd(&config, options, shutdown).await
         }
     }
 }
@@ -95,26 +121,29 @@ fn datastore_name(datastore: &Datastore) -> &'static str {
     }
 }
 
-async fn run_embedded(path: PathBuf, shutdown: CancellationToken) -> Result<(), ServerError> {
-    if let Some(parent) = path.parent() {
-        create_private_dir(parent).map_err(|source| ServerError::DataDir {
-            path: parent.display().to_string(),
+async fn run_embedded(
+    config: &ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let path = config.data_dir.server_db();
+    let options = SledOptions {
+        history_window: config.history.window,
+        min_history_revisions: config.history.min_revisions,
+        compaction_interval: config.history.compaction_interval,
+        ..SledOptions::default()
+    };
+    let open_path = path.clone();
+    let store = tokio::task::spawn_blocking(move || SledStore::open(&open_path, options))
+        .await
+        .map_err(|err| ServerError::Task(err.to_string()))?
+        .map_err(|source| ServerError::OpenStore {
+            path: path.display().to_string(),
             source,
         })?;
-    }
-    let open_path = path.clone();
-    let store =
-        tokio::task::spawn_blocking(move || SledStore::open(&open_path, SledOptions::default()))
-            .await
-            .map_err(|err| ServerError::Task(err.to_string()))?
-            .map_err(|source| ServerError::OpenStore {
-                path: path.display().to_string(),
-                source,
-            })?;
 
     let tasks = shutdown.child_token();
     let compactor = store.run_compactor(tasks.clone());
-    let served = serve(&store, &shutdown).await;
+    let served = control_plane(config, Arc::new(store.clone()), shutdown.clone()).await;
 
     info!("shutting down");
     tasks.cancel();
@@ -133,7 +162,11 @@ async fn run_embedded(path: PathBuf, shutdown: CancellationToken) -> Result<(), 
     served
 }
 
-async fn run_etcd(options: EtcdOptions, shutdown: CancellationToken) -> Result<(), ServerError> {
+async fn run_etcd(
+    config: &ServerConfig,
+    options: EtcdOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let endpoints = options.endpoints.join(",");
     let store = tokio::select! {
         _ = shutdown.cancelled() => {
@@ -144,17 +177,96 @@ async fn run_etcd(options: EtcdOptions, shutdown: CancellationToken) -> Result<(
             connected.map_err(|source| ServerError::ConnectEtcd { endpoints, source })?
         }
     };
-    let served = serve(&store, &shutdown).await;
+    let served = control_plane(config, Arc::new(store), shutdown).await;
     info!("shutting down");
     served
 }
 
-/// What the server does while it runs: for now, report the store's state and wait.
-async fn serve(store: &dyn Store, shutdown: &CancellationToken) -> Result<(), ServerError> {
+/// The control plane proper, on an open store: certificates, the API server, the admin
+/// kubeconfig; it returns once `shutdown` is cancelled and open connections have drained.
+async fn control_plane(
+    config: &ServerConfig,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let revision = store.current_revision().await.map_err(ServerError::Store)?;
-    info!(revision, "server running");
-    shutdown.cancelled().await;
+    info!(revision, "store ready");
+    let node_ips = if config.node_ips.is_empty() {
+        default_route_address().into_iter().collect()
+    } else {
+        config.node_ips.clone()
+    };
+    let pki_options = PkiOptions {
+        tls_dir: config.data_dir.server().join("tls"),
+        sans: config.tls_sans.clone(),
+        cluster_domain: config.cluster_domain.clone(),
+        service_ip: config.kubernetes_service_ip,
+        node_ips: node_ips.clone(),
+        hostname: hostname(),
+    };
+    let pki = tokio::task::spawn_blocking(move || Pki::load_or_create(&pki_options))
+        .await
+        .map_err(|err| ServerError::Task(err.to_string()))?
+        .map_err(ServerError::Pki)?;
+    let tokens = match &config.token_auth_file {
+        Some(path) => TokenAuthenticator::load(path).map_err(ServerError::Authn)?,
+        None => TokenAuthenticator::empty(),
+    };
+    let listener = apiserver::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            address: config.listen.to_string(),
+            source,
+        })?;
+    let port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(config.listen.port());
+    let advertise = node_ips
+        .first()
+        .copied()
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let state = ApiState::new(
+        store,
+        tokens,
+        Box::new(SuperuserOnly),
+        std::net::SocketAddr::new(advertise, port).to_string(),
+    )
+    .await
+    .map_err(ServerError::Api)?;
+    state
+        .ensure_system_namespaces()
+        .await
+        .map_err(ServerError::Api)?;
+    let tls = pki.server_tls_config().map_err(ServerError::Pki)?;
+    let kubeconfig = pki.admin_kubeconfig(&format!("https://127.0.0.1:{port}"));
+    write_kubeconfig(
+        &config.write_kubeconfig,
+        &kubeconfig,
+        config.write_kubeconfig_mode,
+    )
+    .map_err(ServerError::Pki)?;
+    info!(path = %config.write_kubeconfig.display(), "wrote the admin kubeconfig");
+    apiserver::serve(state, listener, tls, shutdown).await;
     Ok(())
+}
+
+/// The host name, as the kernel knows it.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The source address of the default route. Connecting a UDP socket only asks the kernel for a
+/// route; no packet is sent.
+pub fn default_route_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let address = socket.local_addr().ok()?.ip();
+    (!address.is_unspecified()).then_some(address)
 }
 
 /// Creates `path` (and its parents) readable by its owner only.

@@ -1,0 +1,5 @@
+//! Shared test fixtures (each test crate uses what it needs).
+
+#![allow(dead_code)]
+
+pub mod server;

@@ -175,6 +175,36 @@ pub struct NetworkingArgs {
     )]
     pub service_cidr: String,
 
+    /// IPv4 range of pod IPs; each node gets a /24 of it
+    #[arg(
+        long,
+        env = "CLUSTER_CLUSTER_CIDR",
+        default_value = "10.42.0.0/16",
+        value_name = "CIDR",
+        help_heading = "Networking"
+    )]
+    pub cluster_cidr: String,
+
+    /// How long a node may miss its heartbeats before it is marked Unknown (e.g. 40s)
+    #[arg(
+        long,
+        env = "CLUSTER_NODE_MONITOR_GRACE_PERIOD",
+        default_value = "40s",
+        value_name = "DURATION",
+        help_heading = "Controllers"
+    )]
+    pub node_monitor_grace_period: String,
+
+    /// Terminated pods kept before the oldest are garbage-collected
+    #[arg(
+        long,
+        env = "CLUSTER_TERMINATED_POD_GC_THRESHOLD",
+        default_value_t = 12500,
+        value_name = "N",
+        help_heading = "Controllers"
+    )]
+    pub terminated_pod_gc_threshold: usize,
+
     /// IP addresses of this node (default: the addresses of the host's interfaces)
     #[arg(
         long,

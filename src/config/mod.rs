@@ -148,6 +148,12 @@ pub struct ServerConfig {
     pub cluster_domain: String,
     /// The first address of the service CIDR: the `kubernetes` Service's cluster IP.
     pub kubernetes_service_ip: std::net::IpAddr,
+    /// Range of Service cluster IPs.
+    pub service_cidr: String,
+    /// Range of pod IPs, cut into one /24 per node.
+    pub cluster_cidr: String,
+    pub node_monitor_grace_period: std::time::Duration,
+    pub terminated_pod_gc_threshold: usize,
     /// This node's addresses (empty: detect).
     pub node_ips: Vec<std::net::IpAddr>,
 }
@@ -516,6 +522,13 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, ConfigError> {
         write_kubeconfig_mode: mode,
         cluster_domain: args.networking.cluster_domain,
         kubernetes_service_ip: first_address(&args.networking.service_cidr)?,
+        service_cidr: args.networking.service_cidr.clone(),
+        cluster_cidr: {
+            first_address(&args.networking.cluster_cidr)?;
+            args.networking.cluster_cidr.clone()
+        },
+        node_monitor_grace_period: parse_duration(&args.networking.node_monitor_grace_period)?,
+        terminated_pod_gc_threshold: args.networking.terminated_pod_gc_threshold,
         node_ips: args.networking.node_ip,
     })
 }

@@ -7,9 +7,11 @@
 //! [`crate::config`]'s job) and must not touch the data plane.
 //!
 //! # Caveats
-//! - The store and the API server run; controllers and the scheduler are not wired in yet.
+//! - The store, the API server and the leader-elected controller manager run.
 
 pub mod apiserver;
+pub mod controllers;
+pub mod leader;
 pub mod pki;
 pub mod store;
 
@@ -20,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{Datastore, ServerConfig};
-use apiserver::authn::TokenAuthenticator;
+use apiserver::authn::{TokenAuthenticator, UserInfo};
 use apiserver::authz::SuperuserOnly;
 use apiserver::ApiState;
 use pki::{write_kubeconfig, Pki, PkiOptions};
@@ -238,6 +240,7 @@ async fn control_plane(
         .ensure_system_namespaces()
         .await
         .map_err(ServerError::Api)?;
+    let loops = start_control_loops(config, &state, &pki, port, advertise, &shutdown);
     let tls = pki.server_tls_config().map_err(ServerError::Pki)?;
     let kubeconfig = pki.admin_kubeconfig(&format!("https://127.0.0.1:{port}"));
     write_kubeconfig(
@@ -248,7 +251,55 @@ async fn control_plane(
     .map_err(ServerError::Pki)?;
     info!(path = %config.write_kubeconfig.display(), "wrote the admin kubeconfig");
     apiserver::serve(state, listener, tls, shutdown).await;
+    // The loops stop (and give up their leases) before the store closes.
+    if tokio::time::timeout(SHUTDOWN_GRACE, loops).await.is_err() {
+        warn!(grace = ?SHUTDOWN_GRACE, "control loops did not stop in time");
+    }
     Ok(())
+}
+
+/// Starts the leader-elected control loops on an in-process client of the API server.
+fn start_control_loops(
+    config: &ServerConfig,
+    state: &Arc<ApiState>,
+    pki: &Pki,
+    port: u16,
+    advertise: std::net::IpAddr,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let user = UserInfo {
+        name: "system:kube-controller-manager".into(),
+        groups: vec!["system:masters".into(), "system:authenticated".into()],
+        uid: None,
+    };
+    let client = apiserver::in_process_client(Arc::clone(state), user);
+    let identity = format!("{}_{}", hostname(), uuid::Uuid::new_v4());
+    let context = controllers::Context::new(
+        client.clone(),
+        controllers::ControllerConfig {
+            service_cidr: config.service_cidr.clone(),
+            cluster_cidr: config.cluster_cidr.clone(),
+            node_monitor_grace_period: config.node_monitor_grace_period,
+            terminated_pod_gc_threshold: config.terminated_pod_gc_threshold,
+            ca_cert_pem: pki.ca_cert_pem.clone(),
+            api_server_endpoints: vec![std::net::SocketAddr::new(advertise, port)],
+        },
+    );
+    let token = shutdown.child_token();
+    tokio::spawn(async move {
+        leader::run(
+            client,
+            "kube-controller-manager",
+            &identity,
+            leader::Timings::default(),
+            token,
+            move |leading| {
+                let context = context.clone();
+                async move { controllers::run(context, leading).await }
+            },
+        )
+        .await
+    })
 }
 
 /// The host name, as the kernel knows it.

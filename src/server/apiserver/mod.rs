@@ -746,6 +746,20 @@ pub async fn serve_connection<S>(
     }
 }
 
+/// A `kube::Client` that calls this API server in-process, as `user`: the same handlers,
+/// authorization and admission as over HTTPS, without TCP or TLS. The controllers and the
+/// scheduler use it.
+pub fn in_process_client(state: Arc<ApiState>, user: UserInfo) -> kube::Client {
+    let peer = Peer { user: Some(user) };
+    let service = tower::ServiceBuilder::new()
+        .map_request(move |mut request: Request<kube::client::Body>| {
+            request.extensions_mut().insert(peer.clone());
+            request
+        })
+        .service(router(state));
+    kube::Client::new(service, "default")
+}
+
 /// Binds the API server's listener.
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await

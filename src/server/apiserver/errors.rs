@@ -266,9 +266,14 @@ impl ApiError {
                 if let Some(causes) = causes {
                     let causes: Vec<Value> = causes
                         .iter()
-                        .map(
-                            |c| json!({"reason": c.reason, "message": c.message, "field": c.field}),
-                        )
+                        .map(|c| {
+                            // `field` is omitted when empty, as metav1.StatusCause does.
+                            let mut cause = json!({"reason": c.reason, "message": c.message});
+                            if !c.field.is_empty() {
+                                cause["field"] = json!(c.field);
+                            }
+                            cause
+                        })
                         .collect();
                     d.insert("causes".into(), Value::Array(causes));
                 }

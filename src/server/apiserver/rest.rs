@@ -904,7 +904,7 @@ pub async fn patch(
     let pinned = patch_pins_resource_version(body);
     update_with(state, request, query, part, |current| {
         let patched = patch::apply_patch(patch_type, current, body, &info.gvk(), info.is_builtin())
-            .map_err(|err| patch_error(&info, current, err))?;
+            .map_err(patch_error)?;
         Ok((patched, pinned))
     })
     .await
@@ -923,22 +923,21 @@ fn patch_pins_resource_version(body: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
-fn patch_error(info: &ResourceInfo, current: &Value, err: patch::PatchError) -> ApiError {
-    let name = objects::name_of(current);
+/// A patch that cannot be applied is answered as kube-apiserver does
+/// (`NewGenericServerResponse(422, …)`): a generic message, no object in the details, and the
+/// patch error as an `UnexpectedServerResponse` cause, which is what kubectl prints.
+fn patch_error(err: patch::PatchError) -> ApiError {
     match err {
         patch::PatchError::Malformed(message) => ApiError::bad_request(message),
         patch::PatchError::Unsupported(message) => ApiError::UnsupportedMediaType { message },
         patch::PatchError::Invalid(message) => ApiError::Invalid {
-            message: format!(
-                "the server rejected our request due to an error in our request: {message}"
-            ),
-            details: Box::new(super::errors::Details {
-                name: name.to_string(),
-                group: info.group.clone(),
-                kind: info.plural.clone(),
-                ..Default::default()
-            }),
-            causes: Vec::new(),
+            message: "the server rejected our request due to an error in our request".into(),
+            details: Box::default(),
+            causes: vec![Cause {
+                reason: "UnexpectedServerResponse".into(),
+                message,
+                field: String::new(),
+            }],
         },
     }
 }
@@ -1449,8 +1448,7 @@ pub async fn scale(
             })?;
             // Scale is a built-in type for patching purposes.
             let gvk = kube::core::GroupVersionKind::gvk("autoscaling", "v1", "Scale");
-            patch::apply_patch(patch_type, &scale, body, &gvk, true)
-                .map_err(|e| patch_error(&info, current, e))?
+            patch::apply_patch(patch_type, &scale, body, &gvk, true).map_err(patch_error)?
         } else {
             serde_json::from_slice::<Value>(body).map_err(|e| {
                 ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
@@ -1491,6 +1489,26 @@ pub async fn scale(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unappliable_patches_are_422_without_an_object() {
+        let err = patch_error(patch::PatchError::Invalid(
+            "testing value /spec/replicas failed".into(),
+        ));
+        let status = err.to_status();
+        assert_eq!(
+            (status["code"].as_u64(), status["reason"].as_str()),
+            (Some(422), Some("Invalid"))
+        );
+        assert_eq!(
+            status["message"],
+            "the server rejected our request due to an error in our request"
+        );
+        assert_eq!(
+            status["details"],
+            json!({"causes": [{"reason": "UnexpectedServerResponse", "message": "testing value /spec/replicas failed"}]})
+        );
+    }
 
     #[test]
     fn qos_classes() {

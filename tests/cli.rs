@@ -128,7 +128,20 @@ fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<std::process::E
 fn the_server_starts_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
-    let config = write_config(dir.path(), "debug: true\n");
+    // Keys of the config file are flag names: a free loopback port and a kubeconfig in the
+    // temp dir keep the test away from the host's 6443 and /etc/cluster.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let kubeconfig = dir.path().join("kubeconfig.yaml");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "debug: true\nbind-address: 127.0.0.1\nhttps-listen-port: {port}\nwrite-kubeconfig: {}\n",
+            kubeconfig.display()
+        ),
+    );
     let mut child = cluster()
         .args(["server", "--config", &config, "--data-dir"])
         .arg(&data_dir)
@@ -153,7 +166,7 @@ fn the_server_starts_and_stops_cleanly_on_sigterm() {
         let left = deadline.saturating_duration_since(Instant::now());
         match received.recv_timeout(left) {
             Ok(line) => {
-                let running = line.contains("server running");
+                let running = line.contains("API server listening");
                 log.push(line);
                 if running {
                     break true;
@@ -193,4 +206,8 @@ fn the_server_starts_and_stops_cleanly_on_sigterm() {
         log.join("\n")
     );
     assert!(data_dir.join("server/db").is_dir());
+    assert!(
+        kubeconfig.is_file(),
+        "the admin kubeconfig was written where the config file said"
+    );
 }

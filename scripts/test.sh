@@ -82,7 +82,27 @@ info 'cargo clippy --all-targets -- -D warnings'
 cargo clippy --all-targets -- -D warnings
 
 info 'cargo test'
+# cargo prints one summary per test binary (the last is the doc tests'); keep a copy of the
+# output to print one total at the end.
+log=$(mktemp)
+status_file=$(mktemp)
+trap 'rm -f "$log" "$status_file"' EXIT
 # shellcheck disable=SC2086 # CLUSTER_TEST_ARGS is a list of arguments
-cargo test ${CLUSTER_TEST_ARGS:-}
-
+{ cargo test --no-fail-fast ${CLUSTER_TEST_ARGS:-} 2>&1; echo "$?" >"$status_file"; } | tee "$log"
+status=$(cat "$status_file")
+total=$(awk '/^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($(i + 1) ~ /^passed/) passed += $i
+            if ($(i + 1) ~ /^failed/) failed += $i
+            if ($(i + 1) ~ /^ignored/) ignored += $i
+        }
+    }
+    END { printf "tests: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log")
+if [ "$status" != 0 ]; then
+    warn "cargo test failed (exit $status)"
+    echo "$total"
+    exit 1
+fi
 info 'all checks passed'
+# The last line is the total over every test binary.
+echo "$total"

@@ -10,7 +10,17 @@
 #   CLUSTER_TEST_NO_INSTALL  set to 1 to never install packages (missing tools make the tests
 #                            that need them skip, or fail under CI=true)
 #   CLUSTER_TEST_ARGS        extra arguments passed to `cargo test` (e.g. a test name filter)
-#   CI                       set to true by CI; tests that need etcd fail instead of skipping
+#   CI                       set to true by CI; tests that need etcd or the Python client fail
+#                            instead of skipping
+#
+# Python client test (tests/python_client.rs): it runs tests/python/client_test.py with the
+# official `kubernetes` package from PyPI. The interpreter is the `python3` first on PATH (on
+# our machines CPython 3.11 from pyenv, ahead of Debian's /usr/bin/python3), resolved to its
+# real path (sys.executable, past pyenv's shim) and exported as CLUSTER_TEST_PYTHON so that the
+# test runs the very interpreter the package was installed into. When the package is missing
+# it is installed with `python3 -m pip install kubernetes` (`--user` when not root); if pip
+# refuses because the interpreter is Debian's own ("externally managed", PEP 668), root gets
+# Debian's python3-kubernetes package instead.
 #
 # Tests run with plain `cargo test` (library, binary, tests/ and doc tests) rather than
 # cargo-nextest: it needs nothing extra installed, runs doc tests too, and our test binaries are
@@ -62,6 +72,38 @@ install_packages() {
     apt-get install -y -q $missing || fatal "installing$missing failed"
 }
 
+install_python_client() {
+    if ! command -v python3 >/dev/null 2>&1; then
+        warn 'python3 not found: the Python client test will skip'
+        return
+    fi
+    python=$(python3 -c 'import sys; print(sys.executable)') || fatal 'python3 does not run'
+    export CLUSTER_TEST_PYTHON="$python"
+    if "$python" -c 'import kubernetes' >/dev/null 2>&1; then
+        return
+    fi
+    if [ "${CLUSTER_TEST_NO_INSTALL:-0}" = 1 ]; then
+        warn "not installing the Python kubernetes client for $python"
+        return
+    fi
+    user='--user'
+    if [ "$(id -u)" = 0 ]; then
+        user='--root-user-action=ignore'
+    fi
+    info "installing the Python kubernetes client for $python"
+    if "$python" -m pip install --quiet --disable-pip-version-check "$user" kubernetes; then
+        return
+    fi
+    if [ "$(id -u)" = 0 ] && [ "${python#/usr/bin/}" != "$python" ] && command -v apt-get >/dev/null 2>&1; then
+        info "pip refused; installing Debian's python3-kubernetes"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q || fatal 'apt-get update failed'
+        apt-get install -y -q python3-kubernetes || fatal 'installing python3-kubernetes failed'
+        return
+    fi
+    warn "could not install the Python kubernetes client for $python"
+}
+
 find_cargo() {
     if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
         # shellcheck disable=SC1091
@@ -73,6 +115,7 @@ find_cargo() {
 cd "$(dirname "$0")/.."
 
 install_packages
+install_python_client
 find_cargo
 
 info 'cargo fmt --check'

@@ -179,7 +179,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
 
 /// Paths anyone may read without credentials (system:public-info-viewer).
 fn is_public(path: &str) -> bool {
-    matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
+    is_version(path)
+        || matches!(path, "/healthz" | "/livez" | "/readyz")
         || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/")
@@ -584,9 +585,14 @@ fn openapi_response(content_type: &str, body: Vec<u8>, etag: Option<&str>) -> Re
     response
 }
 
+/// `/version`, and `/version/` as kube-apiserver also serves it (the Python client asks for that).
+fn is_version(path: &str) -> bool {
+    matches!(path, "/version" | "/version/")
+}
+
 /// /version and the health endpoints.
 async fn public(state: &ApiState, path: &str, query: &Query) -> Result<Response, ApiError> {
-    if path == "/version" {
+    if is_version(path) {
         return Ok(json_response(&discovery::version()));
     }
     let endpoint = path
@@ -763,4 +769,26 @@ pub fn in_process_client(state: Arc<ApiState>, user: UserInfo) -> kube::Client {
 /// Binds the API server's listener.
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_and_health_are_public_with_or_without_a_trailing_slash() {
+        for path in [
+            "/version",
+            "/version/",
+            "/healthz",
+            "/livez/etcd",
+            "/readyz",
+        ] {
+            assert!(is_public(path), "{path}");
+        }
+        assert!(is_version("/version/"));
+        for path in ["/versions", "/version/x", "/api", "/metrics"] {
+            assert!(!is_public(path), "{path}");
+        }
+    }
 }

@@ -411,15 +411,6 @@ fn topology_spread(node: &NodeInfo, state: &CycleState) -> Result<(), Rejection>
 }
 
 fn inter_pod_affinity(pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> Result<(), Rejection> {
-    for (key, value) in &state.existing_anti {
-        if node.labels.get(key) == Some(value) {
-            return Err(Rejection::new(
-                Plugin::InterPodAffinity,
-                ERR_EXISTING_ANTI_AFFINITY,
-                false,
-            ));
-        }
-    }
     for (i, term) in pod.affinity.iter().enumerate() {
         let satisfied = match node.labels.get(&term.topology_key) {
             Some(value) => state.affinity_domains[i].contains(value),
@@ -442,6 +433,15 @@ fn inter_pod_affinity(pod: &PodInfo, node: &NodeInfo, state: &CycleState) -> Res
                     false,
                 ));
             }
+        }
+    }
+    for (key, value) in &state.existing_anti {
+        if node.labels.get(key) == Some(value) {
+            return Err(Rejection::new(
+                Plugin::InterPodAffinity,
+                ERR_EXISTING_ANTI_AFFINITY,
+                false,
+            ));
         }
     }
     Ok(())

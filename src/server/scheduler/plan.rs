@@ -619,6 +619,26 @@ mod tests {
             plan(pod("p", "100m", json!({}), json!({})), &snapshot).as_deref(),
             Ok("b")
         );
+        // Preferred pod affinity draws a pod to its group, preferred anti-affinity away.
+        let snapshot = Snapshot::build(
+            &[plain("a", "4"), plain("b", "4")],
+            &[on(
+                pod("cache", "500m", json!({"app": "cache"}), json!({})),
+                "b",
+            )],
+        );
+        let term = json!([{"weight": 100, "podAffinityTerm": {
+            "labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "kubernetes.io/hostname"}}]);
+        let near = json!({"affinity": {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": term}}});
+        assert_eq!(
+            plan(pod("p", "100m", json!({}), near), &snapshot).as_deref(),
+            Ok("b")
+        );
+        let far = json!({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": term}}});
+        assert_eq!(
+            plan(pod("p", "100m", json!({}), far), &snapshot).as_deref(),
+            Ok("a")
+        );
         // A controller's pods spread over nodes.
         let owned = |name: &str| -> Pod {
             let mut p = pod(name, "10m", json!({"app": "rs"}), json!({}));

@@ -147,6 +147,13 @@ fn inter_pod_affinity(pod: &PodInfo, feasible: &[&NodeInfo], snapshot: &Snapshot
     // (topology key, value) → weight.
     let mut domain_weight: HashMap<(String, String), i64> = HashMap::new();
     let own_terms = pod.preferred_affinity.len() + pod.preferred_anti_affinity.len();
+    let others_prefer = snapshot
+        .nodes
+        .values()
+        .any(|n| !n.with_preferred.is_empty());
+    if own_terms == 0 && !others_prefer {
+        return vec![0; feasible.len()];
+    }
     for (node, other) in snapshot.pods() {
         if other.key == pod.key {
             continue;

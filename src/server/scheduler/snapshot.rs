@@ -360,6 +360,8 @@ pub struct NodeInfo {
     pub owners: HashMap<String, u32>,
     /// Keys of the pods here with required anti-affinity terms.
     pub with_anti_affinity: BTreeSet<String>,
+    /// Keys of the pods here with preferred (anti-)affinity terms.
+    pub with_preferred: BTreeSet<String>,
 }
 
 impl NodeInfo {
@@ -423,6 +425,9 @@ impl NodeInfo {
         if !pod.anti_affinity.is_empty() {
             self.with_anti_affinity.insert(pod.key.clone());
         }
+        if !pod.preferred_affinity.is_empty() || !pod.preferred_anti_affinity.is_empty() {
+            self.with_preferred.insert(pod.key.clone());
+        }
         self.pods.insert(pod.key.clone(), pod);
     }
 
@@ -452,6 +457,7 @@ impl NodeInfo {
             }
         }
         self.with_anti_affinity.remove(key);
+        self.with_preferred.remove(key);
         Some(pod)
     }
 }

@@ -7,19 +7,21 @@
 //! [`crate::config`]'s job) and must not touch the data plane.
 //!
 //! # Caveats
-//! - The store, the API server and the leader-elected controller manager run.
+//! - The store, the API server, the leader-elected controller manager and the leader-elected
+//!   scheduler run.
 
 pub mod apiserver;
 pub mod controllers;
 pub mod leader;
 pub mod pki;
+pub mod scheduler;
 pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::{Datastore, ServerConfig};
 use apiserver::authn::{TokenAuthenticator, UserInfo};
@@ -241,6 +243,7 @@ async fn control_plane(
         .await
         .map_err(ServerError::Api)?;
     let loops = start_control_loops(config, &state, &pki, port, advertise, &shutdown);
+    let scheduler = start_scheduler(&state, &shutdown);
     let tls = pki.server_tls_config().map_err(ServerError::Pki)?;
     let kubeconfig = pki.admin_kubeconfig(&format!("https://127.0.0.1:{port}"));
     write_kubeconfig(
@@ -254,6 +257,12 @@ async fn control_plane(
     // The loops stop (and give up their leases) before the store closes.
     if tokio::time::timeout(SHUTDOWN_GRACE, loops).await.is_err() {
         warn!(grace = ?SHUTDOWN_GRACE, "control loops did not stop in time");
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, scheduler)
+        .await
+        .is_err()
+    {
+        warn!(grace = ?SHUTDOWN_GRACE, "the scheduler did not stop in time");
     }
     Ok(())
 }
@@ -296,6 +305,38 @@ fn start_control_loops(
             move |leading| {
                 let context = context.clone();
                 async move { controllers::run(context, leading).await }
+            },
+        )
+        .await
+    })
+}
+
+/// Starts the leader-elected scheduler (Lease `kube-system/kube-scheduler`) on an in-process
+/// client of the API server.
+fn start_scheduler(
+    state: &Arc<ApiState>,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let user = UserInfo {
+        name: "system:kube-scheduler".into(),
+        groups: vec!["system:masters".into(), "system:authenticated".into()],
+        uid: None,
+    };
+    let client = apiserver::in_process_client(Arc::clone(state), user);
+    let identity = format!("{}_{}", hostname(), uuid::Uuid::new_v4());
+    let token = shutdown.child_token();
+    tokio::spawn(async move {
+        let work_client = client.clone();
+        let work_identity = identity.clone();
+        leader::run(
+            client,
+            "kube-scheduler",
+            &identity,
+            leader::Timings::default(),
+            token,
+            move |leading| {
+                scheduler::run(work_client.clone(), work_identity.clone(), leading)
+                    .instrument(info_span!("scheduler"))
             },
         )
         .await

@@ -178,6 +178,9 @@ pub fn member(service: &Value, pod: &Value) -> Option<Member> {
     })
 }
 
+/// A service port resolved for one pod: name, number, protocol.
+type ResolvedPort = (String, i64, String);
+
 /// The desired `subsets` of a service's Endpoints from the pods of its namespace.
 pub fn desired_subsets(service: &Value, pods: &[Value]) -> Value {
     let Some(selector) = selector_of(service) else {
@@ -187,8 +190,7 @@ pub fn desired_subsets(service: &Value, pods: &[Value]) -> Value {
     let ports = service_ports(service);
     let headless = service["spec"]["clusterIP"] == "None";
     // Group addresses by the resolved port set.
-    let mut groups: BTreeMap<Vec<(String, i64, String)>, (Vec<Value>, Vec<Value>)> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<Vec<ResolvedPort>, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
     for pod in pods {
         if !selects(&selector, &pod["metadata"]["labels"]) {
             continue;
@@ -199,7 +201,7 @@ pub fn desired_subsets(service: &Value, pods: &[Value]) -> Value {
         if m.terminating && !publish {
             continue;
         }
-        let resolved: Vec<(String, i64, String)> = ports
+        let resolved: Vec<ResolvedPort> = ports
             .iter()
             .filter_map(|p| resolve_port(pod, p).map(|n| (p.name.clone(), n, p.protocol.clone())))
             .collect();

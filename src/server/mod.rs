@@ -238,6 +238,14 @@ async fn control_plane(
     )
     .await
     .map_err(ServerError::Api)?;
+    if let Some(cidr) = apiserver::allocators::Cidr::parse(&config.service_cidr) {
+        state.set_service_ranges(apiserver::allocators::ServiceRanges {
+            cidr,
+            node_ports: (30000, 32767),
+        });
+    } else {
+        warn!(cidr = %config.service_cidr, "unusable service CIDR; using 10.43.0.0/16");
+    }
     state
         .ensure_system_namespaces()
         .await

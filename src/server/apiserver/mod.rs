@@ -9,6 +9,7 @@
 //! The API server is the only part of `cluster` that reads or writes the store.
 
 pub mod admission;
+pub mod allocators;
 pub mod authn;
 pub mod authz;
 pub mod builtin;
@@ -63,6 +64,8 @@ pub struct ApiState {
     pub server_address: String,
     /// False while starting and once shutting down (`/readyz`).
     pub ready: AtomicBool,
+    /// Where Service cluster IPs and node ports come from (the defaults until set).
+    service_ranges: std::sync::OnceLock<allocators::ServiceRanges>,
     openapi: Mutex<Option<(u64, Arc<OpenApi>)>>,
 }
 
@@ -95,10 +98,22 @@ impl ApiState {
             authorizer,
             server_address,
             ready: AtomicBool::new(false),
+            service_ranges: std::sync::OnceLock::new(),
             openapi: Mutex::new(None),
         });
         state.refresh_custom_resources().await?;
         Ok(state)
+    }
+
+    /// Sets the Service IP range (`--service-cidr`) and node port range; only the first call
+    /// counts, and it must come before the first Service is written.
+    pub fn set_service_ranges(&self, ranges: allocators::ServiceRanges) {
+        let _ = self.service_ranges.set(ranges);
+    }
+
+    /// The ranges Service IPs and node ports are allocated from.
+    pub fn service_ranges(&self) -> allocators::ServiceRanges {
+        self.service_ranges.get_or_init(Default::default).clone()
     }
 
     /// Creates the namespaces every cluster has (`default`, `kube-system`, `kube-public`,
@@ -412,6 +427,13 @@ async fn resource_request(
             let content_type = request::content_type(headers);
             let body = request::decode_object(&content_type, &request::read_bytes(body).await?)?;
             rest::update(state, request, query, body).await?
+        }
+        (Verb::Update, Some("finalize"))
+            if request.info.group.is_empty() && request.info.plural == "namespaces" =>
+        {
+            let content_type = request::content_type(headers);
+            let body = request::decode_object(&content_type, &request::read_bytes(body).await?)?;
+            rest::finalize_namespace(state, request, query, body).await?
         }
         (Verb::Patch, None | Some("status")) => {
             let content_type = request::content_type(headers);

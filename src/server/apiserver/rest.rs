@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::admission;
+use super::allocators;
 use super::errors::{ApiError, Cause};
 use super::objects::{self, meta_str, metadata_mut, Continue};
 use super::patch::{self, PatchType};
@@ -638,7 +639,7 @@ pub async fn create(
         if let Some(meta) = metadata_mut(&mut obj) {
             meta.insert("name".into(), json!(name));
         }
-        let admitted = admit(info, obj.clone(), None)?;
+        let mut admitted = admit(info, obj.clone(), None)?;
         if dry_run {
             return Ok(Reply {
                 code: StatusCode::CREATED,
@@ -646,10 +647,18 @@ pub async fn create(
                 warnings,
             });
         }
+        let reserved = if allocators::is_service(&info.group, &info.plural) {
+            Some(allocators::allocate(state, &mut admitted, None).await?)
+        } else {
+            None
+        };
         let key = objects::key(info, namespace, &name);
         let started = std::time::Instant::now();
         let result = state.store.create(&key, &objects::encode(&admitted)).await;
         state.metrics.observe_store("create", started.elapsed());
+        if let (Err(_), Some(reserved)) = (&result, reserved) {
+            allocators::rollback(state, reserved).await;
+        }
         match result {
             Ok(kv) => {
                 let created = objects::decode(info, &kv)?;
@@ -809,7 +818,13 @@ where
         let warnings = unknown_field_warnings(info, &wanted, validation)?;
         let prepared = prepare_update(info, &current, wanted, part)?;
         let old = (part != Part::Binding).then_some(&current);
-        let admitted = admit(info, prepared, old)?;
+        let mut admitted = admit(info, prepared, old)?;
+        let service = allocators::is_service(&info.group, &info.plural) && !dry_run;
+        let reserved = if service && part != Part::Status {
+            Some(allocators::allocate(state, &mut admitted, Some(&current)).await?)
+        } else {
+            None
+        };
         let unchanged = {
             let mut a = admitted.clone();
             let mut b = current.clone();
@@ -828,7 +843,8 @@ where
             });
         }
         let finalized = admitted["metadata"].get("deletionTimestamp").is_some()
-            && objects::finalizers_of(&admitted).is_empty();
+            && objects::finalizers_of(&admitted).is_empty()
+            && !namespace_held(info, &admitted);
         if dry_run {
             return Ok(Reply {
                 code: StatusCode::OK,
@@ -857,6 +873,16 @@ where
             }
         };
         state.metrics.observe_store("update", started.elapsed());
+        if service {
+            match (&result, reserved) {
+                (Ok(_), _) => {
+                    let kept = (!finalized).then_some(&admitted);
+                    allocators::release(state, &current, kept).await;
+                }
+                (Err(_), Some(reserved)) => allocators::rollback(state, reserved).await,
+                (Err(_), None) => {}
+            }
+        }
         match result {
             Ok((mut obj, rev)) => {
                 objects::set_resource_version(&mut obj, rev);
@@ -884,6 +910,49 @@ pub async fn update(
     let part = part_of(request)?;
     let pinned = meta_str(&body, "resourceVersion").is_some_and(|rv| !rv.is_empty());
     update_with(state, request, query, part, |_| Ok((body.clone(), pinned))).await
+}
+
+/// A namespace being deleted is held by its `spec.finalizers` too, until the namespace
+/// controller finalizes it.
+fn namespace_held(info: &ResourceInfo, obj: &Value) -> bool {
+    info.group.is_empty()
+        && info.plural == "namespaces"
+        && obj["spec"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+}
+
+/// PUT namespaces/<name>/finalize: changes only `spec.finalizers`. A namespace being deleted
+/// whose finalizers are all gone is removed.
+pub async fn finalize_namespace(
+    state: &ApiState,
+    request: &ResourceRequest,
+    query: &Query,
+    body: Value,
+) -> Result<Reply, ApiError> {
+    let main = ResourceRequest {
+        subresource: None,
+        ..request.clone()
+    };
+    let pinned = meta_str(&body, "resourceVersion").is_some_and(|rv| !rv.is_empty());
+    let finalizers = body["spec"]["finalizers"].clone();
+    update_with(state, &main, query, Part::Main, |current| {
+        let mut next = current.clone();
+        next["spec"]["finalizers"] = if finalizers.is_null() {
+            json!([])
+        } else {
+            finalizers.clone()
+        };
+        if pinned {
+            if let (Some(meta), Some(rv)) =
+                (metadata_mut(&mut next), meta_str(&body, "resourceVersion"))
+            {
+                meta.insert("resourceVersion".into(), json!(rv));
+            }
+        }
+        Ok((next, pinned))
+    })
+    .await
 }
 
 /// PATCH of an object (or of its status).
@@ -1048,6 +1117,9 @@ pub async fn delete(
         match result {
             Ok(None) => {
                 after_write(state, info).await;
+                if allocators::is_service(&info.group, &info.plural) {
+                    allocators::release(state, &current, None).await;
+                }
                 if info.plural == "customresourcedefinitions" {
                     delete_custom_objects(state, &current).await?;
                 }

@@ -6,6 +6,17 @@
 //! client, the cluster settings and an event recorder. Each loop is a tokio task with a
 //! cancellation token and a tracing span, and reconciles level-triggered and idempotently.
 
+pub mod endpoints;
+pub mod endpointslice;
+pub mod garbage_collector;
+pub mod kubernetes_service;
+pub mod namespace;
+pub mod node_ipam;
+pub mod node_lifecycle;
+pub mod podgc;
+pub mod resync;
+pub mod serviceaccount;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +72,17 @@ pub type Loop = fn(Context, CancellationToken) -> futures::future::BoxFuture<'st
 
 /// Every loop, by name. Adding a controller is one line here.
 pub fn loops() -> Vec<(&'static str, Loop)> {
-    vec![]
+    vec![
+        ("kubernetes-service", kubernetes_service::start),
+        ("endpoints", endpoints::start),
+        ("endpointslice", endpointslice::start),
+        ("serviceaccount", serviceaccount::start),
+        ("namespace", namespace::start),
+        ("garbage-collector", garbage_collector::start),
+        ("node-lifecycle", node_lifecycle::start),
+        ("node-ipam", node_ipam::start),
+        ("podgc", podgc::start),
+    ]
 }
 
 /// Runs every loop until `cancel`; returns when all have stopped.

@@ -157,3 +157,60 @@ async fn jobs_complete_fail_and_index() {
 async fn done_again(jobs: &Api<Job>, name: &str) -> Job {
     jobs.get(name).await.expect("job")
 }
+
+#[tokio::test]
+async fn cronjob_fires_every_minute() {
+    use k8s_openapi::api::batch::v1::CronJob;
+    let (_server, client, _nodes, _binder) = cluster().await;
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "default");
+    let cronjob: CronJob = serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "tick", "namespace": "default"},
+        "spec": {
+            "schedule": "* * * * *",
+            "timeZone": "Etc/UTC",
+            "concurrencyPolicy": "Forbid",
+            "jobTemplate": {"spec": {"template": {
+                "metadata": {"annotations": {"hollow.cluster.dev/exit-code": "0"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]},
+            }}},
+        },
+    }))
+    .expect("cronjob");
+    cronjobs
+        .create(&PostParams::default(), &cronjob)
+        .await
+        .expect("create cronjob");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let job = eventually(75, "the cronjob starts a job", || async {
+        jobs.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|j| {
+                j.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("tick-"))
+            })
+    })
+    .await;
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let minutes: i64 = name
+        .trim_start_matches("tick-")
+        .parse()
+        .expect("minutes suffix");
+    let now = jiff::Timestamp::now().as_second() / 60;
+    assert!((now - minutes).abs() <= 1, "{name} is not this minute");
+    let annotations = job.metadata.annotations.clone().unwrap_or_default();
+    assert!(annotations.contains_key("batch.kubernetes.io/cronjob-scheduled-timestamp"));
+    // The job completes and the CronJob records it.
+    eventually(30, "lastSuccessfulTime is recorded", || async {
+        let cj = cronjobs.get("tick").await.ok()?;
+        let status = cj.status?;
+        status.last_successful_time?;
+        status.last_schedule_time
+    })
+    .await;
+}

@@ -27,14 +27,14 @@ use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::{controlled_by, controller_reference, label_selector, not_found, Context};
+use super::{controlled_by, controller_reference, label_selector, not_found, publish, Context};
 
 /// Label (and annotation) carrying an Indexed Job pod's completion index.
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
@@ -243,19 +243,6 @@ fn census(pods: Vec<Pod>, indexed: bool, completions: i32) -> Census {
         c.succeeded = i32::try_from(c.succeeded_indexes.len()).unwrap_or(i32::MAX);
     }
     c
-}
-
-async fn publish(ctx: &Context, job: &Job, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
-        debug!(error = %err, "recording event");
-    }
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, JobError> {

@@ -6,6 +6,7 @@
 //! client, the cluster settings and an event recorder. Each loop is a tokio task with a
 //! cancellation token and a tracing span, and reconciles level-triggered and idempotently.
 
+pub mod cronjob;
 pub mod job;
 
 use std::sync::Arc;
@@ -65,7 +66,7 @@ pub type Loop = fn(Context, CancellationToken) -> futures::future::BoxFuture<'st
 
 /// Every loop, by name. Adding a controller is one line here.
 pub fn loops() -> Vec<(&'static str, Loop)> {
-    vec![("job", job::run)]
+    vec![("job", job::run), ("cronjob", cronjob::run)]
 }
 
 /// The controller reference a loop puts on the objects it creates for `owner`
@@ -117,4 +118,24 @@ pub async fn run(context: Context, cancel: CancellationToken) {
 /// Whether an API error is NotFound (the object is already gone).
 pub fn not_found(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Records an Event about `object`; a failure to record is logged, never fatal.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = kube::runtime::events::Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::debug!(error = %err, "recording event");
+    }
 }

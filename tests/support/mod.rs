@@ -2,5 +2,6 @@
 
 #![allow(dead_code)]
 
+pub mod binder;
 pub mod hollow;
 pub mod server;

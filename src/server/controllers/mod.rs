@@ -6,9 +6,11 @@
 //! client, the cluster settings and an event recorder. Each loop is a tokio task with a
 //! cancellation token and a tracing span, and reconciles level-triggered and idempotently.
 
+pub mod cronjob;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod garbage_collector;
+pub mod job;
 pub mod kubernetes_service;
 pub mod namespace;
 pub mod node_ipam;
@@ -20,7 +22,9 @@ pub mod serviceaccount;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::Resource;
 use tokio_util::sync::CancellationToken;
 use tracing::{info_span, Instrument};
 
@@ -82,7 +86,41 @@ pub fn loops() -> Vec<(&'static str, Loop)> {
         ("node-lifecycle", node_lifecycle::start),
         ("node-ipam", node_ipam::start),
         ("podgc", podgc::start),
+        ("job", job::run),
+        ("cronjob", cronjob::run),
     ]
+}
+
+/// The controller reference a loop puts on the objects it creates for `owner`
+/// (`controller: true`, `blockOwnerDeletion: true`).
+pub fn controller_reference<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: owner.meta().name.clone().unwrap_or_default(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Whether `object` is controlled by the object with `uid`.
+pub fn controlled_by(object: &impl Resource, uid: &str) -> bool {
+    object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+/// Renders a `matchLabels` map as a label selector string (`k=v,k2=v2`).
+pub fn label_selector(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Runs every loop until `cancel`; returns when all have stopped.
@@ -96,5 +134,30 @@ pub async fn run(context: Context, cancel: CancellationToken) {
     }
     for task in tasks {
         let _ = task.await;
+    }
+}
+
+/// Whether an API error is NotFound (the object is already gone).
+pub fn not_found(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Records an Event about `object`; a failure to record is logged, never fatal.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = kube::runtime::events::Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::debug!(error = %err, "recording event");
     }
 }

@@ -6,6 +6,7 @@
 //! client, the cluster settings and an event recorder. Each loop is a tokio task with a
 //! cancellation token and a tracing span, and reconciles level-triggered and idempotently.
 
+pub mod controller_ref;
 pub mod cronjob;
 pub mod endpoints;
 pub mod endpointslice;
@@ -16,6 +17,7 @@ pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod podgc;
+pub mod replicaset;
 pub mod resync;
 pub mod serviceaccount;
 
@@ -88,6 +90,7 @@ pub fn loops() -> Vec<(&'static str, Loop)> {
         ("podgc", podgc::start),
         ("job", job::run),
         ("cronjob", cronjob::run),
+        ("replicaset", replicaset::run),
     ]
 }
 

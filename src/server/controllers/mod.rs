@@ -8,6 +8,7 @@
 
 pub mod controller_ref;
 pub mod cronjob;
+pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod garbage_collector;
@@ -91,6 +92,7 @@ pub fn loops() -> Vec<(&'static str, Loop)> {
         ("job", job::run),
         ("cronjob", cronjob::run),
         ("replicaset", replicaset::run),
+        ("deployment", deployment::run),
     ]
 }
 

@@ -36,13 +36,50 @@ fn main() {
     }
 }
 
-/// The `src/` directory of the k8s-pb package in the dependency graph, from `cargo metadata`.
+/// The `src/` directory of the k8s-pb package in the dependency graph: `$K8S_PB_SRC` if set,
+/// else the version Cargo.lock names in cargo's registry cache, else `cargo metadata`.
 fn k8s_pb_source() -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("cargo:rerun-if-env-changed=K8S_PB_SRC");
+    if let Ok(dir) = std::env::var("K8S_PB_SRC") {
+        return Ok(PathBuf::from(dir));
+    }
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?;
+    if let Some(dir) = from_registry(Path::new(&manifest_dir)) {
+        return Ok(dir);
+    }
+    from_cargo_metadata(&manifest_dir)
+}
+
+fn from_registry(manifest_dir: &Path) -> Option<PathBuf> {
+    let lock = std::fs::read_to_string(manifest_dir.join("Cargo.lock")).ok()?;
+    let mut lines = lock.lines();
+    let mut version = None;
+    while let Some(line) = lines.next() {
+        if line.trim() == "name = \"k8s-pb\"" {
+            version = lines
+                .next()
+                .and_then(|l| l.trim().strip_prefix("version = "))
+                .map(|v| v.trim_matches('"').to_string());
+            break;
+        }
+    }
+    let version = version?;
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .ok()?;
+    let registries = std::fs::read_dir(home.join("registry").join("src")).ok()?;
+    registries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join(format!("k8s-pb-{version}")).join("src"))
+        .find(|dir| dir.join("lib.rs").is_file())
+}
+
+fn from_cargo_metadata(manifest_dir: &str) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
-        .current_dir(&manifest_dir)
+        .args(["metadata", "--format-version", "1"])
+        .current_dir(manifest_dir)
         .output()
         .map_err(|e| format!("cargo metadata: {e}"))?;
     if !output.status.success() {
@@ -65,7 +102,6 @@ fn k8s_pb_source() -> Result<PathBuf, String> {
     let dir = Path::new(manifest)
         .parent()
         .ok_or("k8s-pb manifest has no parent directory")?;
-    println!("cargo:rerun-if-changed={}", dir.display());
     Ok(dir.join("src"))
 }
 

@@ -884,3 +884,55 @@ async fn data_survives_a_server_restart() {
         .expect("ca");
     assert_eq!(ca_before, ca_after, "the CA is reused on restart");
 }
+
+/// events.k8s.io/v1 and core/v1 Events are two views of the same objects, as in Kubernetes:
+/// what a controller records through the new API is what `kubectl describe` lists.
+#[tokio::test]
+async fn both_event_apis_share_their_objects() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event;
+    let server = TestServer::start();
+    let client = server.client().await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let core: Api<CoreEvent> = Api::namespaced(client, "default");
+    let event: Event = serde_json::from_value(json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "web.1"},
+        "eventTime": "2026-01-02T03:04:05.000000Z",
+        "reportingController": "example.com/ctl", "reportingInstance": "ctl-1",
+        "action": "Scaling", "reason": "Scaled", "type": "Normal",
+        "note": "scaled to 3",
+        "regarding": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": "default", "uid": "u-1"},
+        "deprecatedCount": 2
+    }))
+    .expect("event");
+    events
+        .create(&PostParams::default(), &event)
+        .await
+        .expect("create through events.k8s.io");
+    let listed = core
+        .list(&ListParams::default().fields("involvedObject.uid=u-1"))
+        .await
+        .expect("core list");
+    assert_eq!(listed.items.len(), 1);
+    let seen = &listed.items[0];
+    assert_eq!(seen.message.as_deref(), Some("scaled to 3"));
+    assert_eq!(seen.reporting_component.as_deref(), Some("example.com/ctl"));
+    assert_eq!(seen.involved_object.name.as_deref(), Some("web"));
+    assert_eq!(seen.count, Some(2));
+
+    // A core write shows through the other API.
+    let mut changed = seen.clone();
+    changed.message = Some("scaled to 4".into());
+    core.replace("web.1", &PostParams::default(), &changed)
+        .await
+        .expect("core update");
+    let back = events.get("web.1").await.expect("events.k8s.io get");
+    assert_eq!(back.note.as_deref(), Some("scaled to 4"));
+    assert_eq!(back.regarding.and_then(|r| r.uid).as_deref(), Some("u-1"));
+    events
+        .delete("web.1", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert!(core.get_opt("web.1").await.expect("get").is_none());
+}

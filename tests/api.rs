@@ -81,7 +81,11 @@ async fn configmap_crud_with_conflicts_and_not_found() {
         err.message
     );
 
-    let list = cms.list(&ListParams::default()).await.expect("list");
+    // The service-account controller's kube-root-ca.crt lives in every namespace too.
+    let list = cms
+        .list(&ListParams::default().fields("metadata.name!=kube-root-ca.crt"))
+        .await
+        .expect("list");
     assert_eq!(list.items.len(), 1);
     assert!(list.metadata.resource_version.is_some());
 
@@ -145,7 +149,9 @@ async fn generate_name_dry_run_paging_and_selectors() {
     }
     // Pages of 3 at one revision cover everything exactly once.
     let mut names = Vec::new();
-    let mut params = ListParams::default().limit(3);
+    let mut params = ListParams::default()
+        .fields("metadata.name!=kube-root-ca.crt")
+        .limit(3);
     loop {
         let page = cms.list(&params).await.expect("page");
         assert!(page.items.len() <= 3);
@@ -185,7 +191,7 @@ async fn generate_name_dry_run_paging_and_selectors() {
     .await
     .expect("deletecollection");
     assert_eq!(
-        cms.list(&ListParams::default())
+        cms.list(&ListParams::default().fields("metadata.name!=kube-root-ca.crt"))
             .await
             .expect("list")
             .items
@@ -243,7 +249,12 @@ async fn watch_resumes_from_a_resource_version() {
 
     // A watch from "now" sees a later change.
     let mut live = cms
-        .watch(&WatchParams::default().timeout(10), "0")
+        .watch(
+            &WatchParams::default()
+                .fields("metadata.name=later")
+                .timeout(10),
+            "0",
+        )
         .await
         .expect("watch")
         .boxed();
@@ -872,4 +883,56 @@ async fn data_survives_a_server_restart() {
     let ca_after = std::fs::read_to_string(server.dir.path().join("data/server/tls/server-ca.crt"))
         .expect("ca");
     assert_eq!(ca_before, ca_after, "the CA is reused on restart");
+}
+
+/// events.k8s.io/v1 and core/v1 Events are two views of the same objects, as in Kubernetes:
+/// what a controller records through the new API is what `kubectl describe` lists.
+#[tokio::test]
+async fn both_event_apis_share_their_objects() {
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event;
+    let server = TestServer::start();
+    let client = server.client().await;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let core: Api<CoreEvent> = Api::namespaced(client, "default");
+    let event: Event = serde_json::from_value(json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "web.1"},
+        "eventTime": "2026-01-02T03:04:05.000000Z",
+        "reportingController": "example.com/ctl", "reportingInstance": "ctl-1",
+        "action": "Scaling", "reason": "Scaled", "type": "Normal",
+        "note": "scaled to 3",
+        "regarding": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": "default", "uid": "u-1"},
+        "deprecatedCount": 2
+    }))
+    .expect("event");
+    events
+        .create(&PostParams::default(), &event)
+        .await
+        .expect("create through events.k8s.io");
+    let listed = core
+        .list(&ListParams::default().fields("involvedObject.uid=u-1"))
+        .await
+        .expect("core list");
+    assert_eq!(listed.items.len(), 1);
+    let seen = &listed.items[0];
+    assert_eq!(seen.message.as_deref(), Some("scaled to 3"));
+    assert_eq!(seen.reporting_component.as_deref(), Some("example.com/ctl"));
+    assert_eq!(seen.involved_object.name.as_deref(), Some("web"));
+    assert_eq!(seen.count, Some(2));
+
+    // A core write shows through the other API.
+    let mut changed = seen.clone();
+    changed.message = Some("scaled to 4".into());
+    core.replace("web.1", &PostParams::default(), &changed)
+        .await
+        .expect("core update");
+    let back = events.get("web.1").await.expect("events.k8s.io get");
+    assert_eq!(back.note.as_deref(), Some("scaled to 4"));
+    assert_eq!(back.regarding.and_then(|r| r.uid).as_deref(), Some("u-1"));
+    events
+        .delete("web.1", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert!(core.get_opt("web.1").await.expect("get").is_none());
 }

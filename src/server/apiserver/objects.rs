@@ -43,6 +43,9 @@ pub fn decode(info: &ResourceInfo, kv: &KeyValue) -> Result<Value, ApiError> {
             String::from_utf8_lossy(&kv.key)
         ))
     })?;
+    if info.is_events_v1() {
+        obj = events_v1_from_core(obj);
+    }
     set_resource_version(&mut obj, kv.mod_revision);
     if let Some(map) = obj.as_object_mut() {
         map.insert("apiVersion".into(), json!(info.api_version()));
@@ -52,14 +55,60 @@ pub fn decode(info: &ResourceInfo, kv: &KeyValue) -> Result<Value, ApiError> {
 }
 
 /// Encodes an object for the store: `resourceVersion` is the store's business.
-pub fn encode(obj: &Value) -> Vec<u8> {
-    let mut obj = obj.clone();
+pub fn encode(info: &ResourceInfo, obj: &Value) -> Vec<u8> {
+    let mut obj = if info.is_events_v1() {
+        core_event_from_v1(obj.clone())
+    } else {
+        obj.clone()
+    };
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
         meta.remove("selfLink");
     }
     // Serialising a Value cannot fail: its keys are strings.
     serde_json::to_vec(&obj).unwrap_or_default()
+}
+
+/// core/v1 field name <-> events.k8s.io/v1 field name (the fields not listed keep their names:
+/// metadata, eventTime, series, reportingInstance, action, reason, related, type).
+const EVENT_RENAMES: &[(&str, &str)] = &[
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("reportingComponent", "reportingController"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+];
+
+/// An events.k8s.io/v1 Event in its stored (core/v1) shape.
+pub fn core_event_from_v1(event: Value) -> Value {
+    rename_fields(event, |(core, v1)| (v1, core), "v1")
+}
+
+/// A stored (core/v1) Event as events.k8s.io/v1 serves it.
+pub fn events_v1_from_core(event: Value) -> Value {
+    rename_fields(event, |(core, v1)| (core, v1), "events.k8s.io/v1")
+}
+
+fn rename_fields(
+    event: Value,
+    direction: impl Fn((&'static str, &'static str)) -> (&'static str, &'static str),
+    api_version: &str,
+) -> Value {
+    let Value::Object(mut map) = event else {
+        return event;
+    };
+    for pair in EVENT_RENAMES {
+        let (from, to) = direction(*pair);
+        if let Some(value) = map.remove(from) {
+            map.insert(to.to_string(), value);
+        }
+    }
+    if map.contains_key("apiVersion") {
+        map.insert("apiVersion".into(), json!(api_version));
+    }
+    Value::Object(map)
 }
 
 pub fn set_resource_version(obj: &mut Value, revision: Revision) {
@@ -201,6 +250,41 @@ mod tests {
     use crate::server::apiserver::resources::Resources;
 
     #[test]
+    fn events_v1_are_stored_as_core_events() {
+        let resources = Resources::new();
+        let v1 = resources
+            .find("events.k8s.io", "v1", "events")
+            .expect("events.k8s.io");
+        assert_eq!(
+            key(&v1, Some("d"), "e"),
+            b"/registry/core/events/d/e".to_vec()
+        );
+        let event = json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e"}, "note": "hi", "regarding": {"name": "p"},
+            "deprecatedCount": 3, "reason": "Started"
+        });
+        let stored: Value = serde_json::from_slice(&encode(&v1, &event)).expect("json");
+        assert_eq!(stored["message"], "hi");
+        assert_eq!(stored["involvedObject"]["name"], "p");
+        assert_eq!(stored["count"], 3);
+        assert_eq!(stored["reason"], "Started");
+        assert!(stored.get("note").is_none());
+        let kv = KeyValue {
+            key: b"/registry/core/events/d/e".to_vec(),
+            value: serde_json::to_vec(&stored).expect("json"),
+            create_revision: 5,
+            mod_revision: 5,
+            version: 1,
+        };
+        let served = decode(&v1, &kv).expect("decode");
+        assert_eq!(served["note"], "hi");
+        assert_eq!(served["regarding"]["name"], "p");
+        assert_eq!(served["apiVersion"], "events.k8s.io/v1");
+        assert!(served.get("message").is_none());
+    }
+
+    #[test]
     fn keys_follow_the_registry_layout() {
         let resources = Resources::new();
         let pods = resources.find("", "v1", "pods").expect("pods");
@@ -257,8 +341,10 @@ mod tests {
 
     #[test]
     fn encode_leaves_out_the_resource_version() {
+        let resources = Resources::new();
+        let cms = resources.find("", "v1", "configmaps").expect("configmaps");
         let obj = json!({"metadata": {"name": "a", "resourceVersion": "7"}});
-        let stored: Value = serde_json::from_slice(&encode(&obj)).expect("json");
+        let stored: Value = serde_json::from_slice(&encode(&cms, &obj)).expect("json");
         assert!(stored["metadata"].get("resourceVersion").is_none());
     }
 }

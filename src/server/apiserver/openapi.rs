@@ -297,6 +297,17 @@ struct Builtins {
 }
 
 /// k8s-openapi's schemas never change at run time: generate them once.
+/// The JSON property names of a built-in definition (`io.k8s.api.apps.v1.Deployment`), as
+/// k8s-openapi spells them; None for a name k8s-openapi does not define.
+pub fn builtin_property_names(definition: &str) -> Option<Vec<&'static str>> {
+    let properties = builtins()
+        .definitions
+        .get(definition)?
+        .get("properties")?
+        .as_object()?;
+    Some(properties.keys().map(String::as_str).collect())
+}
+
 fn builtins() -> &'static Builtins {
     static BUILTINS: OnceLock<Builtins> = OnceLock::new();
     BUILTINS.get_or_init(|| {

@@ -329,10 +329,19 @@ pub fn decode_object(content_type: &str, bytes: &[u8]) -> Result<Value, ApiError
             .map_err(|err| {
                 ApiError::bad_request(format!("the request body is not valid YAML: {err}"))
             })?,
+        super::protobuf::CONTENT_TYPE => match super::protobuf::decode(bytes) {
+            Ok(value) => value,
+            Err(err @ super::protobuf::DecodeError::UnknownKind { .. }) => {
+                return Err(ApiError::UnsupportedMediaType {
+                    message: format!("{err}; send it as application/json"),
+                })
+            }
+            Err(err) => return Err(ApiError::bad_request(err.to_string())),
+        },
         other => {
             return Err(ApiError::UnsupportedMediaType {
                 message: format!(
-                    "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml"
+                    "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf"
                 ),
             })
         }

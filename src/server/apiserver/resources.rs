@@ -91,11 +91,18 @@ impl ResourceInfo {
 
     /// The group's segment in store keys (`core` for the core group).
     pub fn storage_group(&self) -> &str {
-        if self.group.is_empty() {
+        if self.group.is_empty() || self.is_events_v1() {
+            // events.k8s.io/v1 Events are a view of the core Events, as in Kubernetes: both
+            // APIs read and write the same objects (see objects::encode/decode).
             "core"
         } else {
             &self.group
         }
+    }
+
+    /// `events.k8s.io` Events, stored as core/v1 Events.
+    pub fn is_events_v1(&self) -> bool {
+        self.group == "events.k8s.io" && self.plural == "events"
     }
 
     /// Whether `metadata.generation` is maintained (it is for kinds whose spec a controller

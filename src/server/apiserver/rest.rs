@@ -654,7 +654,10 @@ pub async fn create(
         };
         let key = objects::key(info, namespace, &name);
         let started = std::time::Instant::now();
-        let result = state.store.create(&key, &objects::encode(&admitted)).await;
+        let result = state
+            .store
+            .create(&key, &objects::encode(info, &admitted))
+            .await;
         state.metrics.observe_store("create", started.elapsed());
         if let (Err(_), Some(reserved)) = (&result, reserved) {
             allocators::rollback(state, reserved).await;
@@ -863,7 +866,7 @@ where
         } else {
             match state
                 .store
-                .update(&key, &objects::encode(&admitted), revision)
+                .update(&key, &objects::encode(info, &admitted), revision)
                 .await
             {
                 Ok(kv) => objects::decode(info, &kv)
@@ -1109,7 +1112,7 @@ pub async fn delete(
                 }
                 state
                     .store
-                    .update(&key, &objects::encode(obj), revision)
+                    .update(&key, &objects::encode(info, obj), revision)
                     .await
                     .map(Some)
             }

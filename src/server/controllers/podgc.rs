@@ -1,9 +1,15 @@
 //! Pod garbage collection (pkg/controller/podgc): terminated pods beyond
 //! `terminated_pod_gc_threshold` (oldest first; 0 turns this off), pods bound to nodes that no
-//! longer exist (confirmed with a live GET), and terminating pods never scheduled. All are
-//! deleted at once (grace period 0): no kubelet is left to finish them.
+//! longer exist (after a quarantine, then confirmed with a live GET), and terminating pods
+//! never scheduled. All are deleted at once (grace period 0): no kubelet is left to finish them.
+//!
+//! The quarantine is upstream's: a node must stay missing for 40 s before its pods go, so a pod
+//! bound just before its node registers (or a node briefly re-created) is not collected. Here
+//! it follows `--node-monitor-grace-period`, whose default is the same 40 s.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -48,14 +54,37 @@ async fn run(context: Context, cancel: CancellationToken) {
         Api::<Node>::all(context.client.clone()),
         watcher::Config::default(),
     );
+    // Node name -> when it was first seen missing while pods were bound to it.
+    let missing_since: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     resync::drive(caches, cancel, PERIOD, || {
         let (context, pods, nodes) = (context.clone(), pods.clone(), nodes.clone());
+        let missing_since = Arc::clone(&missing_since);
         async move {
             let node_names: std::collections::BTreeSet<String> = nodes
                 .state()
                 .iter()
                 .filter_map(|n| n.metadata.name.clone())
                 .collect();
+            let quarantine = context.config.node_monitor_grace_period;
+            let now = Instant::now();
+            let mut expired = std::collections::BTreeSet::new();
+            {
+                let mut missing = match missing_since.lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                missing.retain(|node, _| !node_names.contains(node));
+                for pod in pods.state() {
+                    if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+                        if !node.is_empty() && !node_names.contains(node) {
+                            let since = *missing.entry(node.to_string()).or_insert(now);
+                            if now.duration_since(since) >= quarantine {
+                                expired.insert(node.to_string());
+                            }
+                        }
+                    }
+                }
+            }
             let node_api = Api::<Node>::all(context.client.clone());
             let mut doomed: Vec<(String, String, &'static str)> = Vec::new();
             let mut terminated = Vec::new();
@@ -81,8 +110,8 @@ async fn run(context: Context, cancel: CancellationToken) {
                 }
                 match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
                     Some(node) if !node.is_empty() && !node_names.contains(node) => {
-                        // The cache may lag: ask.
-                        if node_api.get_opt(node).await?.is_none() {
+                        // Quarantined long enough, and the cache may lag: ask.
+                        if expired.contains(node) && node_api.get_opt(node).await?.is_none() {
                             doomed.push((ns, name, "the pod's node is gone"));
                         }
                     }

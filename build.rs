@@ -1,0 +1,396 @@
+//! Build script: derives the Kubernetes protobuf field tables from the `k8s-pb` crate.
+//!
+//! kubectl >= 1.31 and other client-go programs send built-in objects as
+//! `application/vnd.kubernetes.protobuf`. To read those bodies the API server needs, for every
+//! message, its fields' tags, wire types and names. `k8s-pb` (kube-rs' prost bindings, a
+//! build-dependency) carries exactly that in its generated source as `#[prost(...)]`
+//! attributes; this script parses that source with `syn` and writes a compact table to
+//! `$OUT_DIR/k8s_protobuf.rs`, used by `src/server/apiserver/protobuf.rs`. Nothing from
+//! upstream is committed to this repository.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    let root = match k8s_pb_source() {
+        Ok(root) => root,
+        Err(err) => panic!("cannot find the k8s-pb sources: {err}"),
+    };
+    let mut tables = Tables::default();
+    if let Err(err) = walk(&root, &[], &mut tables) {
+        panic!(
+            "cannot read the k8s-pb sources under {}: {err}",
+            root.display()
+        );
+    }
+    let out = match std::env::var("OUT_DIR") {
+        Ok(dir) => PathBuf::from(dir).join("k8s_protobuf.rs"),
+        Err(err) => panic!("OUT_DIR is not set: {err}"),
+    };
+    if let Err(err) = std::fs::write(&out, tables.render()) {
+        panic!("cannot write {}: {err}", out.display());
+    }
+}
+
+/// The `src/` directory of the k8s-pb package in the dependency graph: `$K8S_PB_SRC` if set,
+/// else the version Cargo.lock names in cargo's registry cache, else `cargo metadata`.
+fn k8s_pb_source() -> Result<PathBuf, String> {
+    println!("cargo:rerun-if-env-changed=K8S_PB_SRC");
+    if let Ok(dir) = std::env::var("K8S_PB_SRC") {
+        return Ok(PathBuf::from(dir));
+    }
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?;
+    if let Some(dir) = from_registry(Path::new(&manifest_dir)) {
+        return Ok(dir);
+    }
+    from_cargo_metadata(&manifest_dir)
+}
+
+fn from_registry(manifest_dir: &Path) -> Option<PathBuf> {
+    let lock = std::fs::read_to_string(manifest_dir.join("Cargo.lock")).ok()?;
+    let mut lines = lock.lines();
+    let mut version = None;
+    while let Some(line) = lines.next() {
+        if line.trim() == "name = \"k8s-pb\"" {
+            version = lines
+                .next()
+                .and_then(|l| l.trim().strip_prefix("version = "))
+                .map(|v| v.trim_matches('"').to_string());
+            break;
+        }
+    }
+    let version = version?;
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .ok()?;
+    let registries = std::fs::read_dir(home.join("registry").join("src")).ok()?;
+    registries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join(format!("k8s-pb-{version}")).join("src"))
+        .find(|dir| dir.join("lib.rs").is_file())
+}
+
+fn from_cargo_metadata(manifest_dir: &str) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1"])
+        .current_dir(manifest_dir)
+        .output()
+        .map_err(|e| format!("cargo metadata: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("cargo metadata: {e}"))?;
+    let packages = metadata["packages"]
+        .as_array()
+        .ok_or("cargo metadata: no packages")?;
+    let manifest = packages
+        .iter()
+        .filter(|p| p["name"] == "k8s-pb")
+        .filter_map(|p| p["manifest_path"].as_str())
+        .next()
+        .ok_or("k8s-pb is not in the dependency graph")?;
+    let dir = Path::new(manifest)
+        .parent()
+        .ok_or("k8s-pb manifest has no parent directory")?;
+    Ok(dir.join("src"))
+}
+
+#[derive(Default)]
+struct Tables {
+    /// Full message name (`io.k8s.api.apps.v1.Deployment`) -> fields.
+    messages: BTreeMap<String, Vec<Field>>,
+    /// (apiVersion, kind) -> full message name, from `impl crate::Resource for X`.
+    resources: BTreeMap<(String, String), String>,
+}
+
+struct Field {
+    tag: u32,
+    /// The Rust field name (snake case, without `r#`).
+    rust_name: String,
+    /// `string`, `int32`, `int64`, `bool`, `double`, `bytes`, `message`, or `map`.
+    kind: String,
+    repeated: bool,
+    /// For `message`: the full message name. For `map`: `<key kind>,<value kind or message>`.
+    type_name: String,
+}
+
+impl Tables {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("// Generated by build.rs from the k8s-pb crate's sources.\n");
+        out.push_str("pub static MESSAGES: &[Message] = &[\n");
+        for (name, fields) in &self.messages {
+            let _ = writeln!(out, "    Message {{ name: {name:?}, fields: &[");
+            for f in fields {
+                let _ = writeln!(
+                    out,
+                    "        FieldSpec {{ tag: {}, rust_name: {:?}, kind: FieldKind::{}, repeated: {}, type_name: {:?} }},",
+                    f.tag,
+                    f.rust_name,
+                    kind_variant(&f.kind),
+                    f.repeated,
+                    f.type_name
+                );
+            }
+            out.push_str("    ] },\n");
+        }
+        out.push_str("];\n");
+        out.push_str("pub static RESOURCES: &[(&str, &str, &str)] = &[\n");
+        for ((api_version, kind), message) in &self.resources {
+            let _ = writeln!(out, "    ({api_version:?}, {kind:?}, {message:?}),");
+        }
+        out.push_str("];\n");
+        out
+    }
+}
+
+fn kind_variant(kind: &str) -> &'static str {
+    match kind {
+        "string" => "String",
+        "int32" => "Int32",
+        "int64" => "Int64",
+        "bool" => "Bool",
+        "double" => "Double",
+        "bytes" => "Bytes",
+        "message" => "Message",
+        "map" => "Map",
+        other => panic!("unexpected protobuf field kind {other}"),
+    }
+}
+
+/// Reads `dir/mod.rs` (or `lib.rs` at the root) and recurses into `pub mod` directories.
+fn walk(dir: &Path, module: &[String], tables: &mut Tables) -> Result<(), String> {
+    let file = if module.is_empty() {
+        dir.join("lib.rs")
+    } else {
+        dir.join("mod.rs")
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let syntax = syn::parse_file(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    for item in &syntax.items {
+        match item {
+            syn::Item::Mod(m) if m.content.is_none() => {
+                let mut sub = module.to_vec();
+                sub.push(m.ident.to_string());
+                let path = dir.join(m.ident.to_string());
+                if path.is_dir() {
+                    walk(&path, &sub, tables)?;
+                }
+            }
+            syn::Item::Struct(s) => {
+                if let Some(fields) = message_fields(s, module)? {
+                    tables
+                        .messages
+                        .insert(full_name(module, &s.ident.to_string()), fields);
+                }
+            }
+            syn::Item::Impl(imp) => {
+                if let Some((api_version, kind, ty)) = resource_impl(imp) {
+                    tables
+                        .resources
+                        .insert((api_version, kind), full_name(module, &ty));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `api::apps::v1` + `Deployment` -> `io.k8s.api.apps.v1.Deployment` (the OpenAPI
+/// definition name, which is what the rest of the server uses).
+fn full_name(module: &[String], ident: &str) -> String {
+    let mut parts = vec!["io".to_string(), "k8s".to_string()];
+    for (i, m) in module.iter().enumerate() {
+        if i == 0 {
+            parts.push(m.replace('_', "-"));
+        } else {
+            parts.push(m.clone());
+        }
+    }
+    parts.push(ident.to_string());
+    parts.join(".")
+}
+
+/// The fields of a `#[derive(::prost::Message)]` struct, or None for other structs.
+fn message_fields(s: &syn::ItemStruct, module: &[String]) -> Result<Option<Vec<Field>>, String> {
+    let is_message = s.attrs.iter().any(|a| {
+        a.path().is_ident("derive") && a.meta.to_token_stream_string().contains("Message")
+    });
+    if !is_message {
+        return Ok(None);
+    }
+    let mut fields = Vec::new();
+    for field in &s.fields {
+        let Some(ident) = &field.ident else { continue };
+        let rust_name = ident.to_string().trim_start_matches("r#").to_string();
+        let Some(attr) = field.attrs.iter().find(|a| a.path().is_ident("prost")) else {
+            continue;
+        };
+        let args = attr.meta.to_token_stream_string();
+        let (kind, repeated, map_types) = parse_prost_args(&args)
+            .ok_or_else(|| format!("{}: cannot read #[prost({args})]", s.ident))?;
+        let tag = tag_of(&args).ok_or_else(|| format!("{}: no tag in {args}", s.ident))?;
+        let type_name = match kind.as_str() {
+            "message" => message_type(&field.ty, module)
+                .ok_or_else(|| format!("{}.{rust_name}: unknown message type", s.ident))?,
+            "map" => {
+                let (key, value) = map_types.unwrap_or_default();
+                if value == "message" {
+                    let target = map_value_type(&field.ty, module)
+                        .ok_or_else(|| format!("{}.{rust_name}: unknown map value", s.ident))?;
+                    format!("{key},{target}")
+                } else {
+                    format!("{key},{value}")
+                }
+            }
+            _ => String::new(),
+        };
+        fields.push(Field {
+            tag,
+            rust_name,
+            kind,
+            repeated,
+            type_name,
+        });
+    }
+    Ok(Some(fields))
+}
+
+trait MetaString {
+    fn to_token_stream_string(&self) -> String;
+}
+
+impl MetaString for syn::Meta {
+    fn to_token_stream_string(&self) -> String {
+        use quote::ToTokens;
+        self.to_token_stream().to_string()
+    }
+}
+
+/// A field's kind, whether it is repeated, and for maps the (key, value) kinds.
+type ProstArgs = (String, bool, Option<(String, String)>);
+
+/// From `prost (string , optional , tag = "1")` or `prost (btree_map = "string, string" , tag = "1")`.
+fn parse_prost_args(args: &str) -> Option<ProstArgs> {
+    let inner = args.split_once('(')?.1.rsplit_once(')')?.0;
+    let first = inner.split(',').next()?.trim();
+    if first.starts_with("btree_map") || first.starts_with("map") || first.starts_with("hash_map") {
+        let quoted = inner.split('"').nth(1)?;
+        let (key, value) = quoted.split_once(',')?;
+        return Some((
+            "map".into(),
+            false,
+            Some((key.trim().to_string(), value.trim().to_string())),
+        ));
+    }
+    let kind = first.split('=').next()?.trim().to_string();
+    let repeated = inner.split(',').any(|p| p.trim() == "repeated");
+    Some((kind, repeated, None))
+}
+
+fn tag_of(args: &str) -> Option<u32> {
+    let after = args.split("tag").nth(1)?;
+    let quoted = after.split('"').nth(1)?;
+    quoted.parse().ok()
+}
+
+/// The innermost path type of `Option<T>` / `Vec<T>` / `T`, resolved against `module`.
+fn message_type(ty: &syn::Type, module: &[String]) -> Option<String> {
+    let syn::Type::Path(path) = ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    let name = last.ident.to_string();
+    if name == "Option" || name == "Vec" || name == "Box" {
+        if let syn::PathArguments::AngleBracketed(args) = &last.arguments {
+            for arg in &args.args {
+                if let syn::GenericArgument::Type(inner) = arg {
+                    return message_type(inner, module);
+                }
+            }
+        }
+        return None;
+    }
+    resolve(&path.path, module)
+}
+
+/// The value type of `BTreeMap<K, V>`.
+fn map_value_type(ty: &syn::Type, module: &[String]) -> Option<String> {
+    let syn::Type::Path(path) = ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let value = args
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            syn::GenericArgument::Type(t) => Some(t),
+            _ => None,
+        })
+        .nth(1)?;
+    message_type(value, module)
+}
+
+/// `super::super::x::Y` relative to `module` -> full name.
+fn resolve(path: &syn::Path, module: &[String]) -> Option<String> {
+    let mut current: Vec<String> = module.to_vec();
+    let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+    let (ident, prefix) = segments.split_last()?;
+    let mut iter = prefix.iter().peekable();
+    if iter.peek().map(|s| s.as_str()) == Some("crate") {
+        current.clear();
+        iter.next();
+    }
+    for seg in iter {
+        if seg == "super" {
+            current.pop()?;
+        } else {
+            current.push(seg.clone());
+        }
+    }
+    Some(full_name(&current, ident))
+}
+
+/// `impl crate::Resource for X { const API_VERSION = "..."; const KIND = "..."; }`.
+fn resource_impl(imp: &syn::ItemImpl) -> Option<(String, String, String)> {
+    let (_, trait_path, _) = imp.trait_.as_ref()?;
+    if trait_path.segments.last()?.ident != "Resource" {
+        return None;
+    }
+    let syn::Type::Path(self_ty) = imp.self_ty.as_ref() else {
+        return None;
+    };
+    let ty = self_ty.path.segments.last()?.ident.to_string();
+    let mut api_version = None;
+    let mut kind = None;
+    for item in &imp.items {
+        if let syn::ImplItem::Const(c) = item {
+            if let syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) = &c.expr
+            {
+                match c.ident.to_string().as_str() {
+                    "API_VERSION" => api_version = Some(s.value()),
+                    "KIND" => kind = Some(s.value()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some((api_version?, kind?, ty))
+}

@@ -40,9 +40,10 @@ def expect_not_found(call, what):
     raise Mismatch(f"{what}: expected 404, the call succeeded")
 
 
-def watch_for(list_call, resource_version, name, wanted, change, **kwargs):
+def watch_for(list_call, resource_version, name, wanted, change, accept=lambda obj: True, **kwargs):
     """Watches from `resource_version`, makes `change()` once the watch is open, and returns
-    the first event of type `wanted` for object `name`."""
+    the first event of type `wanted` for object `name` whose object satisfies `accept` (other
+    writers, such as the controllers, may modify the object too)."""
     w = watch.Watch()
     stream = w.stream(
         list_call,
@@ -75,7 +76,7 @@ def watch_for(list_call, resource_version, name, wanted, change, **kwargs):
             seen.append((kind, obj_name))
             if kind == "ERROR":
                 raise Mismatch(f"watch from {resource_version}: ERROR event {event['raw_object']}")
-            if kind == wanted and obj_name == name:
+            if kind == wanted and obj_name == name and accept(obj):
                 found = obj
                 break
             if time.monotonic() > deadline:
@@ -196,7 +197,11 @@ def deployments(apps):
     def scale():
         apps.patch_namespaced_deployment(name, NAMESPACE, {"spec": {"replicas": 3}})
 
-    modified = watch_for(apps.list_namespaced_deployment, rv, name, "MODIFIED", scale)
+    # The Deployment controller writes the status too: wait for the scaled object.
+    modified = watch_for(
+        apps.list_namespaced_deployment, rv, name, "MODIFIED", scale,
+        accept=lambda d: d.spec.replicas == 3,
+    )
     expect(modified.spec.replicas == 3, f"deployment watch: replicas {modified.spec.replicas}")
     expect(
         modified.metadata.generation is not None and modified.metadata.generation > (meta.generation or 0),

@@ -582,6 +582,66 @@ async fn recreate_never_runs_old_and_new_pods_together() {
         replicas,
         BTreeMap::from([("busybox:1.36".into(), 0), ("busybox:1.37".into(), 3)])
     );
+
+    // No history kept: the old, empty ReplicaSet is deleted.
+    manifest["spec"]["revisionHistoryLimit"] = json!(0);
+    k.apply(&manifest).await;
+    let left = eventually(60, "old replica set cleaned up", || async {
+        let sets = replica_sets(&c.client, "batch").await;
+        (sets.len() == 1).then_some(sets)
+    })
+    .await;
+    assert_eq!(image_of(&left[0]), "busybox:1.37");
+}
+
+/// A ReplicaSet that already has the name the Deployment's new one would get, with another
+/// template, is a hash collision: `collisionCount` goes up and the new ReplicaSet gets another
+/// name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_collisions_raise_the_collision_count() {
+    let c = cluster().await;
+    let Some(k) = kubectl(&c, 33) else { return };
+    let mut manifest = deployment("coll", "nginx:1.25", 1, rolling(json!(1), json!(0)));
+    manifest["spec"]["paused"] = json!(true);
+    k.apply(&manifest).await;
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    let d = deployments.get("coll").await.expect("coll");
+    let template = d.spec.clone().expect("spec").template;
+    let hash = cluster::server::controllers::deployment::hash::pod_template_hash(&template, None);
+    let squatter: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": format!("coll-{hash}"), "labels": {"app": "squatter"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "squatter"}},
+            "template": {
+                "metadata": {"labels": {"app": "squatter"}},
+                "spec": {"containers": [{"name": "web", "image": "busybox:1.36"}]},
+            },
+        },
+    }))
+    .expect("squatter");
+    let sets: Api<ReplicaSet> = Api::namespaced(c.client.clone(), "default");
+    sets.create(&PostParams::default(), &squatter)
+        .await
+        .expect("squatter");
+    k.ok(&["rollout", "resume", "deployment/coll"]).await;
+    k.ok(&["rollout", "status", "deployment/coll", "--timeout=90s"])
+        .await;
+    let d = deployments.get("coll").await.expect("coll");
+    assert_eq!(d.status.and_then(|s| s.collision_count), Some(1));
+    let owned = replica_sets(&c.client, "coll").await;
+    assert_eq!(owned.len(), 1);
+    let name = owned[0].metadata.name.clone().unwrap_or_default();
+    assert_ne!(name, format!("coll-{hash}"));
+    let second =
+        cluster::server::controllers::deployment::hash::pod_template_hash(&template, Some(1));
+    assert_eq!(name, format!("coll-{second}"));
+    let squatter = sets.get(&format!("coll-{hash}")).await.expect("squatter");
+    assert_eq!(
+        image_of(&squatter),
+        "busybox:1.36",
+        "the squatter is left alone"
+    );
 }
 
 /// A paused Deployment records the new template but rolls nothing out (it still scales);

@@ -645,7 +645,8 @@ async fn hash_collisions_raise_the_collision_count() {
 }
 
 /// A paused Deployment records the new template but rolls nothing out (it still scales);
-/// resumed, it rolls out. A rollout that cannot progress exceeds its deadline, and
+/// resumed, it rolls out; `rollout restart` rolls out again; deletion takes the ReplicaSets
+/// and pods along. A rollout that cannot progress exceeds its deadline, and
 /// `kubectl rollout status` says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_resume_and_progress_deadline() {
@@ -698,6 +699,25 @@ async fn pause_resume_and_progress_deadline() {
     wait_pods(&c.client, "api", 3, "nginx:1.26").await;
     let sets = replica_sets(&c.client, "api").await;
     assert_eq!(sets.len(), 2);
+
+    // `rollout restart` changes the template's annotations: a third ReplicaSet, same image.
+    k.ok(&["rollout", "restart", "deployment/api"]).await;
+    k.ok(&["rollout", "status", "deployment/api", "--timeout=90s"])
+        .await;
+    let sets = replica_sets(&c.client, "api").await;
+    assert_eq!(sets.len(), 3);
+    let live: Vec<&ReplicaSet> = sets.iter().filter(|rs| rs_replicas(rs) > 0).collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(annotation(&live[0].metadata, REVISION), Some("3"));
+
+    // Deleted, the Deployment takes its ReplicaSets and pods along (garbage collector).
+    k.ok(&["delete", "deployment", "api"]).await;
+    eventually(60, "replica sets and pods of api gone", || async {
+        let empty = replica_sets(&c.client, "api").await.is_empty()
+            && pods(&c.client, "app=api").await.is_empty();
+        empty.then_some(())
+    })
+    .await;
 
     // Pods that never become ready: the deadline passes.
     let mut stuck = deployment("stuck", "nginx:1.25", 1, rolling(json!(1), json!(0)));

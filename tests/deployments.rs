@@ -926,3 +926,77 @@ async fn replica_sets_adopt_release_and_scale_down_least_valuable_first() {
         );
     }
 }
+
+/// A lost node: its lease stops, the node lifecycle controller taints it unreachable, the
+/// Deployment's pods there are evicted once their tolerationSeconds run out, and the ReplicaSet
+/// replaces them on the node that is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_nodes_pods_are_replaced_on_another_node() {
+    let server = TestServer::start_with(&["--node-monitor-grace-period", "5s"]);
+    let client = server.client().await;
+    let nodes = HollowNodes::start(
+        client.clone(),
+        &[HollowNode::new("stay-1"), HollowNode::new("lost-1")],
+    )
+    .await;
+    let mut manifest = deployment("survivor", "nginx:1.25", 4, rolling(json!(1), json!(0)));
+    // Evicted 2 s after the taint rather than the default 300 s.
+    manifest["spec"]["template"]["spec"]["tolerations"] = json!([
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2},
+        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2}
+    ]);
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(manifest).expect("deployment"),
+    )
+    .await
+    .expect("create");
+    let before = wait_pods(&client, "survivor", 4, "nginx:1.25").await;
+    let on_lost = before
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("lost-1"))
+        .count();
+    assert!(
+        on_lost > 0,
+        "the scheduler spreads the replicas over both nodes"
+    );
+
+    nodes.silence("lost-1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let pods = pods(&client, "app=survivor").await;
+        let live: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let all_on_stay = live.iter().all(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("stay-1") && is_ready(p)
+        });
+        if live.len() == 4 && all_on_stay {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let state: Vec<String> = pods
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} on {:?} ready={} deleting={}",
+                        p.metadata.name.as_deref().unwrap_or(""),
+                        p.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+                        is_ready(p),
+                        p.metadata.deletion_timestamp.is_some()
+                    )
+                })
+                .collect();
+            panic!("timed out waiting for 4 ready pods, all on stay-1: {state:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eventually(30, "the Deployment to report 4 available again", || async {
+        let deploy = api.get("survivor").await.ok()?;
+        (deploy.status?.available_replicas == Some(4)).then_some(())
+    })
+    .await;
+    drop(nodes);
+}

@@ -275,6 +275,21 @@ impl ContentStore {
         Ok(deleted)
     }
 
+    /// Deletes those of `digests` that nothing references or leases.
+    pub fn delete_unreferenced(&self, digests: &[Digest]) -> Result<Vec<Digest>, ContentError> {
+        let state = self.lock();
+        let mut deleted = Vec::new();
+        for digest in digests {
+            if !state.refs.contains_key(digest)
+                && !state.leases.contains_key(digest)
+                && self.delete(digest)?
+            {
+                deleted.push(digest.clone());
+            }
+        }
+        Ok(deleted)
+    }
+
     /// References to `digest`.
     pub fn refs(&self, digest: &Digest) -> u32 {
         self.lock().refs.get(digest).copied().unwrap_or(0)
@@ -332,6 +347,11 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The digests this lease protects.
+    pub fn digests(&self) -> &[Digest] {
+        &self.digests
+    }
+
     /// Adds more digests to this lease.
     pub fn add(&mut self, digests: &[Digest]) {
         let mut state = self.store.lock();
@@ -482,7 +502,7 @@ mod tests {
         store.insert(&a, b"a").expect("a");
         store.insert(&b, b"b").expect("b");
         store.retain(&[a.clone(), b.clone()]);
-        store.retain(&[a.clone()]);
+        store.retain(std::slice::from_ref(&a));
         assert_eq!(store.refs(&a), 2);
         assert_eq!(
             store.release(&[a.clone(), b.clone()]).expect("release"),
@@ -490,8 +510,11 @@ mod tests {
         );
         assert!(store.contains(&a) && !store.contains(&b));
         {
-            let _lease = store.lease(&[a.clone()]);
-            assert!(store.release(&[a.clone()]).expect("release").is_empty());
+            let _lease = store.lease(std::slice::from_ref(&a));
+            assert!(store
+                .release(std::slice::from_ref(&a))
+                .expect("release")
+                .is_empty());
             assert!(store.contains(&a));
             assert!(store.sweep().expect("sweep").is_empty());
         }

@@ -61,7 +61,7 @@ pub struct Candidate {
     pub id: Digest,
     /// Bytes deleting it frees (its blobs and snapshots not shared with other images).
     pub size: u64,
-    /// Seconds since the epoch.
+    /// Milliseconds since the epoch.
     pub last_used: u64,
     pub created_at: u64,
     pub in_use: bool,
@@ -76,7 +76,7 @@ pub struct GcPlan {
     pub bytes_freed: u64,
 }
 
-/// Decides what to delete. `now` is seconds since the epoch.
+/// Decides what to delete. `now` is milliseconds since the epoch.
 pub fn plan(policy: &GcPolicy, usage: FsUsage, images: &[Candidate], now: u64) -> GcPlan {
     if usage.capacity == 0 || usage.used_percent() < u64::from(policy.high_threshold_percent) {
         return GcPlan::default();
@@ -88,7 +88,7 @@ pub fn plan(policy: &GcPolicy, usage: FsUsage, images: &[Candidate], now: u64) -
     let mut candidates: Vec<&Candidate> = images
         .iter()
         .filter(|c| !c.in_use)
-        .filter(|c| now.saturating_sub(c.created_at) >= policy.min_age.as_secs())
+        .filter(|c| u128::from(now.saturating_sub(c.created_at)) >= policy.min_age.as_millis())
         .collect();
     // Least recently used first; ties broken by age, then ID for a stable order.
     candidates.sort_by(|a, b| {
@@ -150,7 +150,7 @@ mod tests {
             image("busy-oldest", 500, 1, true),
             image("middle", 60, 200, false),
         ];
-        let plan = plan(&GcPolicy::default(), usage, &images, 10_000);
+        let plan = plan(&GcPolicy::default(), usage, &images, 1_000_000);
         assert_eq!(plan.bytes_to_free, 100);
         assert_eq!(plan.delete, vec![Digest::of(b"old"), Digest::of(b"middle")]);
         assert_eq!(plan.bytes_freed, 120);
@@ -163,8 +163,8 @@ mod tests {
             available: 0,
         };
         let mut young = image("young", 900, 0, false);
-        young.created_at = 9_990;
-        let plan = plan(&GcPolicy::default(), usage, &[young], 10_000);
+        young.created_at = 100_000;
+        let plan = plan(&GcPolicy::default(), usage, &[young], 200_000);
         assert!(plan.delete.is_empty());
     }
 }

@@ -55,7 +55,7 @@ pub struct ImageRecord {
     pub chain_ids: Vec<Digest>,
     /// Bytes of the blobs (compressed layers, config, manifest).
     pub size: u64,
-    /// Seconds since the epoch.
+    /// Milliseconds since the epoch.
     pub created_at: u64,
     pub last_used: u64,
 }

@@ -26,6 +26,7 @@
 //! - An image is recorded only after all its blobs and snapshots exist.
 
 pub mod airgap;
+pub mod command;
 pub mod content;
 pub mod digest;
 pub mod gc;
@@ -169,6 +170,7 @@ pub struct Image {
     pub rootfs: Vec<PathBuf>,
     /// Bytes of its blobs.
     pub size: u64,
+    /// Milliseconds since the epoch.
     pub last_used: u64,
 }
 
@@ -243,10 +245,11 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+/// Milliseconds since the epoch (seconds would tie images used within one second).
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -355,7 +358,9 @@ impl ImageService {
         let inner = &self.inner;
         let resolved = inner.client.resolve(&reference).await?;
         resolved.manifest.check_layers()?;
-        let mut lease = inner.content.lease(&[resolved.manifest_digest.clone()]);
+        let mut lease = inner
+            .content
+            .lease(std::slice::from_ref(&resolved.manifest_digest));
         if let Some((digest, bytes)) = &resolved.index {
             lease.add(std::slice::from_ref(digest));
             inner.content.insert(digest, bytes)?;
@@ -786,8 +791,15 @@ impl ImageService {
             message: err.to_string(),
         })?;
         // Held until every image of the archive is recorded.
-        let _archive_lease = lease;
-        let found = found?;
+        let written = lease.digests().to_vec();
+        let found = match found {
+            Ok(found) => found,
+            Err(err) => {
+                drop(lease);
+                self.inner.content.delete_unreferenced(&written)?;
+                return Err(err.into());
+            }
+        };
         let mut images = Vec::new();
         for archive_image in found {
             // Each image keeps the archive's lease alive until all are recorded.
@@ -808,6 +820,10 @@ impl ImageService {
             tracing::info!(archive = %path.display(), id = %image.id, names = ?image.names, "imported");
             images.push(image);
         }
+        // What the archive held that no image uses (other platforms' manifests and configs; a
+        // second copy of an image already here from another archive format) is not kept.
+        drop(lease);
+        self.inner.content.delete_unreferenced(&written)?;
         Ok(images)
     }
 
@@ -834,6 +850,20 @@ impl ImageService {
             }
         }
         Ok((images, failures))
+    }
+
+    /// [`ImageService::gc`] with the usage of the file system holding the store, as the
+    /// kubelet's periodic image GC does.
+    pub fn gc_now(
+        &self,
+        policy: &gc::GcPolicy,
+        in_use: &HashSet<Digest>,
+    ) -> Result<GcReport, ImageError> {
+        let usage = gc::FsUsage::of(&self.inner.root).map_err(|err| ImageError::Io {
+            what: format!("file system of {}", self.inner.root.display()),
+            message: err.to_string(),
+        })?;
+        self.gc(policy, usage, in_use)
     }
 
     /// Deletes unused images, least recently used first, when `usage` is above the policy's

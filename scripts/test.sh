@@ -43,7 +43,7 @@ fatal() {
 }
 
 # Debian packages the tests use, as "command:package" pairs.
-PACKAGES='protoc:protobuf-compiler curl:curl etcd:etcd-server nft:nftables ip:iproute2 busybox:busybox-static docker-registry:docker-registry'
+PACKAGES='protoc:protobuf-compiler curl:curl etcd:etcd-server nft:nftables ip:iproute2 busybox:busybox-static docker-registry:docker-registry zstd:zstd'
 
 install_packages() {
     missing=''

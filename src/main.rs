@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             println!("{VERSION} ({sha})");
             Ok(())
         }
+        Invocation::Images(config) => run_images(&config),
         Invocation::CheckConfig(config) => {
             let checks = check_config::check_host(&config.root, config.search_path.as_deref());
             for check in &checks {
@@ -105,6 +106,21 @@ fn run_server(config: ServerConfig) -> anyhow::Result<()> {
         result.map_err(anyhow::Error::from)
     })?;
     info!("server stopped");
+    Ok(())
+}
+
+/// Runs one `cluster images` command.
+fn run_images(config: &config::ImagesConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr();
+    runtime.block_on(agent::runtime::image::command::run(
+        config, &mut out, &mut err,
+    ))?;
     Ok(())
 }
 

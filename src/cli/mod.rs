@@ -38,6 +38,8 @@ pub enum Command {
     Version,
     /// Check that this host's kernel and tools can run cluster
     CheckConfig,
+    /// Manage the node's container images (import airgap archives, list, remove, pull)
+    Images(ImagesArgs),
 }
 
 /// Flags every long-running command takes.
@@ -307,6 +309,91 @@ pub struct AgentArgs {
         help_heading = "Agent"
     )]
     pub token: Option<String>,
+}
+
+/// Default location of the registries file (mirrors, credentials, TLS), as k3s's
+/// `/etc/rancher/k3s/registries.yaml`.
+pub const DEFAULT_PRIVATE_REGISTRY: &str = "/etc/cluster/registries.yaml";
+
+/// `cluster images`.
+#[derive(Debug, Clone, Args)]
+pub struct ImagesArgs {
+    #[command(subcommand)]
+    pub command: ImagesCommand,
+}
+
+/// The `cluster images` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImagesCommand {
+    /// Import images from `docker save` or OCI layout archives (.tar, .tar.gz, .tar.zst)
+    Import(ImagesImportArgs),
+    /// List images
+    Ls(ImagesListArgs),
+    /// Remove images by name (untag; the image goes with its last name) or by ID
+    Rm(ImagesRemoveArgs),
+    /// Pull images from their registry (through registries.yaml mirrors)
+    Pull(ImagesPullArgs),
+}
+
+/// Flags of every `cluster images` subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct ImageStoreArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Registries file: mirrors, endpoint rewrites, credentials and TLS per registry
+    #[arg(
+        long,
+        env = "CLUSTER_PRIVATE_REGISTRY",
+        default_value = DEFAULT_PRIVATE_REGISTRY,
+        value_name = "FILE",
+        help_heading = "Images"
+    )]
+    pub private_registry: PathBuf,
+}
+
+/// `cluster images import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImagesImportArgs {
+    #[command(flatten)]
+    pub store: ImageStoreArgs,
+
+    /// Archives to import
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// `cluster images ls`.
+#[derive(Debug, Clone, Args)]
+pub struct ImagesListArgs {
+    #[command(flatten)]
+    pub store: ImageStoreArgs,
+
+    /// Print only image IDs
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `cluster images rm`.
+#[derive(Debug, Clone, Args)]
+pub struct ImagesRemoveArgs {
+    #[command(flatten)]
+    pub store: ImageStoreArgs,
+
+    /// Image names or IDs
+    #[arg(required = true, value_name = "REF")]
+    pub references: Vec<String>,
+}
+
+/// `cluster images pull`.
+#[derive(Debug, Clone, Args)]
+pub struct ImagesPullArgs {
+    #[command(flatten)]
+    pub store: ImageStoreArgs,
+
+    /// Image references (busybox, registry.example.com/team/app:1.0)
+    #[arg(required = true, value_name = "REF")]
+    pub references: Vec<String>,
 }
 
 #[cfg(test)]

@@ -29,7 +29,9 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches};
 use serde_yaml::Value;
 
-use crate::cli::{AgentArgs, Cli, Command, DatastoreArgs, ServerArgs};
+use crate::cli::{
+    AgentArgs, Cli, Command, DatastoreArgs, ImageStoreArgs, ImagesCommand, ServerArgs,
+};
 
 /// Exit code for configuration and usage errors (as clap uses).
 pub const USAGE_EXIT_CODE: u8 = 2;
@@ -113,6 +115,17 @@ impl DataDir {
     /// `<data-dir>/agent`: everything the data plane keeps.
     pub fn agent(&self) -> PathBuf {
         self.root.join("agent")
+    }
+
+    /// `<data-dir>/agent/images`: airgap archives imported when the agent starts.
+    pub fn agent_images(&self) -> PathBuf {
+        self.agent().join("images")
+    }
+
+    /// `<data-dir>/agent/runtime`: image content, snapshots and records (see
+    /// `agent::runtime::image`).
+    pub fn agent_runtime(&self) -> PathBuf {
+        self.agent().join("runtime")
     }
 }
 
@@ -255,6 +268,27 @@ pub enum Invocation {
     Agent(AgentConfig),
     Version,
     CheckConfig(CheckConfig),
+    Images(ImagesConfig),
+}
+
+/// Resolved configuration of `cluster images …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagesConfig {
+    pub data_dir: DataDir,
+    /// The registries file.
+    pub private_registry: PathBuf,
+    /// Whether the registries file was asked for (then it must exist).
+    pub private_registry_required: bool,
+    pub action: ImagesAction,
+}
+
+/// What `cluster images` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImagesAction {
+    Import(Vec<PathBuf>),
+    List { quiet: bool },
+    Remove(Vec<String>),
+    Pull(Vec<String>),
 }
 
 /// How to log.
@@ -299,6 +333,19 @@ where
             let debug = args.common.debug;
             (Invocation::Agent(agent_config(args)?), debug)
         }
+        Command::Images(args) => {
+            let (store, action) = match args.command {
+                ImagesCommand::Import(a) => (a.store, ImagesAction::Import(a.files)),
+                ImagesCommand::Ls(a) => (a.store, ImagesAction::List { quiet: a.quiet }),
+                ImagesCommand::Rm(a) => (a.store, ImagesAction::Remove(a.references)),
+                ImagesCommand::Pull(a) => (a.store, ImagesAction::Pull(a.references)),
+            };
+            let debug = store.common.debug;
+            (
+                Invocation::Images(images_config(store, action, &matches)?),
+                debug,
+            )
+        }
         Command::Version => (Invocation::Version, false),
         Command::CheckConfig => (
             Invocation::CheckConfig(CheckConfig {
@@ -324,6 +371,16 @@ fn parse(args: &[OsString]) -> Result<ArgMatches, ConfigError> {
     let Some((name, sub)) = matches.subcommand() else {
         return Ok(matches);
     };
+    // `cluster images <action>`: the flags live on the action.
+    let (subcommand, sub) = match (command.find_subcommand(name), sub.subcommand()) {
+        (Some(parent), Some((leaf, leaf_matches))) => {
+            (parent.find_subcommand(leaf).cloned(), leaf_matches)
+        }
+        (found, _) => (found.cloned(), sub),
+    };
+    let Some(subcommand) = subcommand else {
+        return Ok(matches);
+    };
     let Some(config) = sub.try_get_one::<PathBuf>("config").ok().flatten() else {
         return Ok(matches);
     };
@@ -331,7 +388,7 @@ fn parse(args: &[OsString]) -> Result<ArgMatches, ConfigError> {
     let Some(file) = load_file(config, explicit)? else {
         return Ok(matches);
     };
-    let extra = file_args(&command, name, sub, config, &file)?;
+    let extra = file_args(&command, &subcommand, sub, config, &file)?;
     if extra.is_empty() {
         return Ok(matches);
     }
@@ -383,15 +440,12 @@ fn load_file(path: &Path, explicit: bool) -> Result<Option<serde_yaml::Mapping>,
 /// key whose flag was not set on the command line or in the environment.
 fn file_args(
     command: &clap::Command,
-    name: &str,
+    subcommand: &clap::Command,
     sub: &ArgMatches,
     path: &Path,
     file: &serde_yaml::Mapping,
 ) -> Result<Vec<OsString>, ConfigError> {
     let shown = || path.display().to_string();
-    let Some(subcommand) = command.find_subcommand(name) else {
-        return Ok(Vec::new());
-    };
     let mut extra = Vec::new();
     for (key, value) in file {
         let Value::String(key) = key else {
@@ -416,9 +470,12 @@ fn file_args(
             });
         }
         let Some(arg) = long_arg(subcommand, key) else {
-            let elsewhere = command
-                .get_subcommands()
-                .any(|other| long_arg(other, key).is_some());
+            let elsewhere = command.get_subcommands().any(|other| {
+                long_arg(other, key).is_some()
+                    || other
+                        .get_subcommands()
+                        .any(|nested| long_arg(nested, key).is_some())
+            });
             if elsewhere {
                 continue;
             }
@@ -481,6 +538,24 @@ fn first_line(message: &str) -> String {
         .find(|line| !line.is_empty())
         .unwrap_or("invalid value");
     line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+fn images_config(
+    store: ImageStoreArgs,
+    action: ImagesAction,
+    matches: &ArgMatches,
+) -> Result<ImagesConfig, ConfigError> {
+    let leaf = matches
+        .subcommand()
+        .and_then(|(_, images)| images.subcommand())
+        .map(|(_, leaf)| leaf);
+    let required = leaf.is_some_and(|leaf| is_explicit(leaf.value_source("private_registry")));
+    Ok(ImagesConfig {
+        data_dir: DataDir::new(&store.common.data_dir)?,
+        private_registry: store.private_registry,
+        private_registry_required: required,
+        action,
+    })
 }
 
 fn server_config(args: ServerArgs) -> Result<ServerConfig, ConfigError> {

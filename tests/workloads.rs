@@ -1,5 +1,5 @@
 //! The workload controllers (Job, CronJob, DaemonSet, StatefulSet) end to end: a real server,
-//! hollow nodes playing the kubelet, and a test-only binder standing in for the scheduler.
+//! hollow nodes playing the kubelet, and the server's own scheduler placing the pods.
 
 mod support;
 
@@ -10,7 +10,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{json, Value};
-use support::binder::Binder;
 use support::hollow::{HollowNode, HollowNodes};
 use support::server::TestServer;
 
@@ -65,7 +64,7 @@ async fn job_pods(client: &kube::Client, name: &str) -> Vec<Pod> {
         .unwrap_or_default()
 }
 
-async fn cluster() -> (TestServer, kube::Client, HollowNodes, Binder) {
+async fn cluster() -> (TestServer, kube::Client, HollowNodes) {
     let server = TestServer::start();
     let client = server.client().await;
     let nodes = HollowNodes::start(
@@ -73,13 +72,12 @@ async fn cluster() -> (TestServer, kube::Client, HollowNodes, Binder) {
         &[HollowNode::new("hollow-1"), HollowNode::new("hollow-2")],
     )
     .await;
-    let binder = Binder::start(client.clone(), &["hollow-1", "hollow-2"]);
-    (server, client, nodes, binder)
+    (server, client, nodes)
 }
 
 #[tokio::test]
 async fn jobs_complete_fail_and_index() {
-    let (_server, client, _nodes, _binder) = cluster().await;
+    let (_server, client, _nodes) = cluster().await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     for j in [
         job("three", json!({"completions": 3, "parallelism": 2}), 0),
@@ -161,7 +159,7 @@ async fn done_again(jobs: &Api<Job>, name: &str) -> Job {
 #[tokio::test]
 async fn cronjob_fires_every_minute() {
     use k8s_openapi::api::batch::v1::CronJob;
-    let (_server, client, _nodes, _binder) = cluster().await;
+    let (_server, client, _nodes) = cluster().await;
     let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "default");
     let cronjob: CronJob = serde_json::from_value(json!({
         "apiVersion": "batch/v1", "kind": "CronJob",

@@ -2,6 +2,5 @@
 
 #![allow(dead_code)]
 
-pub mod binder;
 pub mod hollow;
 pub mod server;

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{json, Value};
 use support::hollow::{HollowNode, HollowNodes};
-use support::server::TestServer;
+use support::server::{kubectls, TestServer};
 
 /// Polls `probe` until it returns `Some`, or fails the test after `secs` seconds.
 async fn eventually<T, F, Fut>(secs: u64, what: &str, probe: F) -> T
@@ -27,6 +27,42 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Runs kubectl without blocking the runtime (the hollow kubelet shares it).
+async fn kubectl(server: &TestServer, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let Some(bin) = kubectls(&[33]).into_iter().next() else {
+        panic!("kubectl 1.33 is needed here");
+    };
+    let mut child = tokio::process::Command::new(bin)
+        .args(args)
+        .env("KUBECONFIG", &server.kubeconfig)
+        .env("HOME", server.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run kubectl");
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.unwrap_or_default().as_bytes())
+            .await
+            .expect("kubectl stdin");
+    }
+    let out = child.wait_with_output().await.expect("kubectl output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `kubectl apply -f -` of a YAML manifest; fails the test if kubectl does.
+async fn apply(server: &TestServer, manifest: &str) {
+    let (ok, out) = kubectl(server, &["apply", "-f", "-"], Some(manifest)).await;
+    assert!(ok, "kubectl apply failed: {out}");
 }
 
 fn has_condition(job: &Job, type_: &str) -> Option<String> {
@@ -211,4 +247,228 @@ async fn cronjob_fires_every_minute() {
         status.last_schedule_time
     })
     .await;
+}
+
+fn daemonset_yaml(name: &str, image: &str, extra_spec: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  selector:
+    matchLabels: {{app: {name}}}
+  updateStrategy:
+    type: RollingUpdate
+    rollingUpdate: {{maxUnavailable: 1}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+{extra_spec}      containers:
+      - name: c
+        image: {image}
+"#
+    )
+}
+
+/// The nodes the live (not terminating) pods of DaemonSet `name` are on, sorted.
+async fn daemon_nodes(client: &kube::Client, name: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut nodes: Vec<String> = pods
+        .list(&ListParams::default().labels(&format!("app={name}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.spec?.node_name)
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+async fn wait_for_daemon_nodes(client: &kube::Client, name: &str, want: &[&str], what: &str) {
+    eventually(60, what, || async {
+        let nodes = daemon_nodes(client, name).await;
+        (nodes == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn daemonset_follows_nodes_taints_selectors_and_rolls() {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+    let server = TestServer::start();
+    let client = server.client().await;
+    let nodes = HollowNodes::start(
+        client.clone(),
+        &[
+            HollowNode::new("hollow-1"),
+            HollowNode::new("hollow-2").label("disk", "ssd"),
+        ],
+    )
+    .await;
+    apply(&server, &daemonset_yaml("agent", "busybox:1", "")).await;
+    apply(
+        &server,
+        &daemonset_yaml(
+            "ssd-agent",
+            "busybox:1",
+            "      nodeSelector: {disk: ssd}\n",
+        ),
+    )
+    .await;
+    let (ok, out) = kubectl(
+        &server,
+        &["rollout", "status", "ds/agent", "--timeout=90s"],
+        None,
+    )
+    .await;
+    assert!(ok && out.contains("successfully rolled out"), "{out}");
+    wait_for_daemon_nodes(
+        &client,
+        "agent",
+        &["hollow-1", "hollow-2"],
+        "agent everywhere",
+    )
+    .await;
+    wait_for_daemon_nodes(
+        &client,
+        "ssd-agent",
+        &["hollow-2"],
+        "ssd-agent on ssd nodes",
+    )
+    .await;
+
+    // The scheduler placed them: the controller only pinned them with node affinity.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for pod in pods
+        .list(&ListParams::default().labels("app=agent"))
+        .await
+        .expect("pods")
+        .items
+    {
+        let spec = pod.spec.expect("spec");
+        let terms = spec
+            .affinity
+            .and_then(|a| a.node_affinity)
+            .and_then(|a| a.required_during_scheduling_ignored_during_execution)
+            .expect("required node affinity")
+            .node_selector_terms;
+        let fields = terms[0].match_fields.clone().unwrap_or_default();
+        assert_eq!(fields[0].key, "metadata.name");
+        assert_eq!(fields[0].values, spec.node_name.map(|n| vec![n]));
+        assert!(spec
+            .tolerations
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.key.as_deref() == Some("node.kubernetes.io/unreachable")));
+    }
+
+    // An untolerated taint keeps pods off; new nodes get pods; removed nodes lose them.
+    nodes
+        .add(&HollowNode::new("hollow-3").taint("dedicated", "gpu", "NoSchedule"))
+        .await;
+    nodes
+        .add(&HollowNode::new("hollow-4").label("disk", "ssd"))
+        .await;
+    wait_for_daemon_nodes(
+        &client,
+        "agent",
+        &["hollow-1", "hollow-2", "hollow-4"],
+        "agent on the new untainted node",
+    )
+    .await;
+    wait_for_daemon_nodes(
+        &client,
+        "ssd-agent",
+        &["hollow-2", "hollow-4"],
+        "ssd-agent follows",
+    )
+    .await;
+    nodes.remove("hollow-2").await;
+    wait_for_daemon_nodes(
+        &client,
+        "agent",
+        &["hollow-1", "hollow-4"],
+        "agent leaves hollow-2",
+    )
+    .await;
+    wait_for_daemon_nodes(
+        &client,
+        "ssd-agent",
+        &["hollow-4"],
+        "ssd-agent leaves hollow-2",
+    )
+    .await;
+
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
+    let status = eventually(30, "status counts the nodes", || async {
+        let ds = daemonsets.get("agent").await.ok()?;
+        let status = ds.status?;
+        (status.desired_number_scheduled == 2 && status.number_available == Some(2))
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(status.current_number_scheduled, 2);
+    assert_eq!(status.number_ready, 2);
+    assert_eq!(status.updated_number_scheduled, Some(2));
+    assert_eq!(status.number_misscheduled, 0);
+
+    // A new image rolls out node by node; kubectl follows it to the end.
+    let before: Vec<String> = pods
+        .list(&ListParams::default().labels("app=agent"))
+        .await
+        .expect("pods")
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    apply(&server, &daemonset_yaml("agent", "busybox:2", "")).await;
+    let (ok, out) = kubectl(
+        &server,
+        &["rollout", "status", "ds/agent", "--timeout=120s"],
+        None,
+    )
+    .await;
+    assert!(ok && out.contains("successfully rolled out"), "{out}");
+    let after = eventually(30, "only new pods are left", || async {
+        let items = pods
+            .list(&ListParams::default().labels("app=agent"))
+            .await
+            .ok()?
+            .items;
+        (items.len() == 2).then_some(items)
+    })
+    .await;
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), "default");
+    let history = revisions
+        .list(&ListParams::default().labels("app=agent"))
+        .await
+        .expect("revisions")
+        .items;
+    assert_eq!(history.len(), 2);
+    let newest = history
+        .iter()
+        .max_by_key(|r| r.revision)
+        .expect("a revision");
+    let hash = newest
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("controller-revision-hash"))
+        .expect("hash label");
+    for pod in &after {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        assert!(!before.contains(&name), "{name} was not replaced");
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get("controller-revision-hash"), Some(hash));
+        let image = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers[0].image.clone());
+        assert_eq!(image.as_deref(), Some("busybox:2"));
+    }
 }

@@ -472,3 +472,304 @@ async fn daemonset_follows_nodes_taints_selectors_and_rolls() {
         assert_eq!(image.as_deref(), Some("busybox:2"));
     }
 }
+
+fn statefulset_yaml(replicas: i32, image: &str, partition: i32) -> String {
+    statefulset_yaml_retaining(replicas, image, partition, "Retain")
+}
+
+fn statefulset_yaml_retaining(
+    replicas: i32,
+    image: &str,
+    partition: i32,
+    when_scaled: &str,
+) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: web
+  namespace: default
+spec:
+  serviceName: web
+  replicas: {replicas}
+  persistentVolumeClaimRetentionPolicy: {{whenDeleted: Retain, whenScaled: {when_scaled}}}
+  selector:
+    matchLabels: {{app: web}}
+  updateStrategy:
+    type: RollingUpdate
+    rollingUpdate: {{partition: {partition}}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+      - name: c
+        image: {image}
+        volumeMounts:
+        - {{name: www, mountPath: /data}}
+  volumeClaimTemplates:
+  - metadata:
+      name: www
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources:
+        requests: {{storage: 1Gi}}
+"#
+    )
+}
+
+/// Records, in watch order, what happens to the pods labelled `app=web`: `created web-0`,
+/// `ready web-0`, `terminating web-0`, `deleted web-0`.
+fn record_pod_history(client: &kube::Client) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let log: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let sink = std::sync::Arc::clone(&log);
+    tokio::spawn(async move {
+        let mut seen: std::collections::HashMap<String, (bool, bool)> = Default::default();
+        let mut events = watcher(pods, watcher::Config::default().labels("app=web")).boxed();
+        while let Some(event) = events.next().await {
+            let mut out = Vec::new();
+            match event {
+                Ok(watcher::Event::Apply(pod)) | Ok(watcher::Event::InitApply(pod)) => {
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    let ready = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    let (was_ready, was_terminating) = seen
+                        .entry(uid)
+                        .or_insert_with(|| {
+                            out.push(format!("created {name}"));
+                            (false, false)
+                        })
+                        .to_owned();
+                    let terminating = pod.metadata.deletion_timestamp.is_some();
+                    if ready && !was_ready {
+                        out.push(format!("ready {name}"));
+                    }
+                    if terminating && !was_terminating {
+                        out.push(format!("terminating {name}"));
+                    }
+                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    seen.insert(uid, (was_ready || ready, was_terminating || terminating));
+                }
+                Ok(watcher::Event::InitDone) => out.push("synced".to_string()),
+                Ok(watcher::Event::Delete(pod)) => {
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    out.push(format!("deleted {name}"));
+                }
+                _ => {}
+            }
+            sink.lock().expect("log").extend(out);
+        }
+    });
+    log
+}
+
+/// Where `entry` first appears in the log after position `from`.
+fn at(log: &[String], entry: &str, from: usize) -> usize {
+    log.iter()
+        .skip(from)
+        .position(|e| e == entry)
+        .map(|p| p + from)
+        .unwrap_or_else(|| panic!("{entry:?} not in {log:?} after {from}"))
+}
+
+async fn web_pods(client: &kube::Client) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut items: Vec<Pod> = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    items.sort_by_key(|p| p.metadata.name.clone());
+    items
+}
+
+fn image_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers[0].image.clone())
+        .unwrap_or_default()
+}
+
+fn label_of(pod: &Pod, key: &str) -> String {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key).cloned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn statefulset_orders_claims_scales_and_rolls_with_partition() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let server = TestServer::start();
+    let client = server.client().await;
+    let _nodes = HollowNodes::start(
+        client.clone(),
+        &[HollowNode::new("hollow-1"), HollowNode::new("hollow-2")],
+    )
+    .await;
+    let log = record_pod_history(&client);
+    eventually(30, "the pod watch is running", || async {
+        log.lock()
+            .expect("log")
+            .contains(&"synced".to_string())
+            .then_some(())
+    })
+    .await;
+    let rollout = |timeout: &'static str| {
+        let server = &server;
+        async move {
+            let (ok, out) = kubectl(
+                server,
+                &[
+                    "rollout",
+                    "status",
+                    "sts/web",
+                    &format!("--timeout={timeout}"),
+                ],
+                None,
+            )
+            .await;
+            assert!(ok, "kubectl rollout status failed: {out}");
+            out
+        }
+    };
+
+    // Scale up in order: each pod only once the one before is Ready.
+    apply(&server, &statefulset_yaml(3, "nginx:1", 0)).await;
+    let out = rollout("120s").await;
+    assert!(out.contains("partitioned roll out complete"), "{out}");
+    let events = log.lock().expect("log").clone();
+    let mut from = 0;
+    for ordinal in 0..3 {
+        from = at(&events, &format!("created web-{ordinal}"), from);
+        from = at(&events, &format!("ready web-{ordinal}"), from);
+    }
+    let pods = web_pods(&client).await;
+    assert_eq!(pods.len(), 3);
+    for (ordinal, pod) in pods.iter().enumerate() {
+        let name = format!("web-{ordinal}");
+        assert_eq!(pod.metadata.name.as_deref(), Some(name.as_str()));
+        assert_eq!(label_of(pod, "statefulset.kubernetes.io/pod-name"), name);
+        assert_eq!(
+            label_of(pod, "apps.kubernetes.io/pod-index"),
+            ordinal.to_string()
+        );
+        let spec = pod.spec.clone().expect("spec");
+        assert_eq!(spec.hostname.as_deref(), Some(name.as_str()));
+        assert_eq!(spec.subdomain.as_deref(), Some("web"));
+        let claim = spec
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == "www")
+            .and_then(|v| v.persistent_volume_claim)
+            .expect("www volume");
+        assert_eq!(claim.claim_name, format!("www-web-{ordinal}"));
+    }
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let claim_names = || async {
+        let mut names: Vec<String> = claims
+            .list(&ListParams::default())
+            .await
+            .expect("claims")
+            .items
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(claim_names().await, ["www-web-0", "www-web-1", "www-web-2"]);
+
+    // Scale down in reverse: web-2 is gone before web-1 starts terminating; claims stay.
+    let before = log.lock().expect("log").len();
+    apply(&server, &statefulset_yaml(1, "nginx:1", 0)).await;
+    eventually(60, "scaled down to web-0", || async {
+        let names: Vec<String> = web_pods(&client)
+            .await
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        (names == ["web-0"]).then_some(())
+    })
+    .await;
+    let events = log.lock().expect("log").clone();
+    let gone = at(&events, "deleted web-2", before);
+    let next = at(&events, "terminating web-1", before);
+    assert!(gone < next, "web-1 went before web-2 was gone: {events:?}");
+    assert_eq!(claim_names().await, ["www-web-0", "www-web-1", "www-web-2"]);
+
+    // Back to three, then a new image with partition 1: web-2 then web-1 move, web-0 stays.
+    apply(&server, &statefulset_yaml(3, "nginx:1", 0)).await;
+    rollout("120s").await;
+    let before = log.lock().expect("log").len();
+    apply(&server, &statefulset_yaml(3, "nginx:2", 1)).await;
+    let out = rollout("120s").await;
+    assert!(out.contains("2 new pods have been updated"), "{out}");
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let status = sets.get("web").await.expect("set").status.expect("status");
+    let update_revision = status.update_revision.clone().expect("update revision");
+    let current_revision = status.current_revision.clone().expect("current revision");
+    assert_ne!(update_revision, current_revision);
+    assert_eq!(status.updated_replicas, Some(2));
+    let pods = web_pods(&client).await;
+    let images: Vec<String> = pods.iter().map(image_of).collect();
+    assert_eq!(images, ["nginx:1", "nginx:2", "nginx:2"]);
+    assert_eq!(
+        label_of(&pods[0], "controller-revision-hash"),
+        current_revision
+    );
+    assert_eq!(
+        label_of(&pods[2], "controller-revision-hash"),
+        update_revision
+    );
+    let events = log.lock().expect("log").clone();
+    let top = at(&events, "terminating web-2", before);
+    let top_back = at(&events, "ready web-2", top);
+    let middle = at(&events, "terminating web-1", before);
+    assert!(
+        top_back < middle,
+        "web-1 was updated before web-2 was back: {events:?}"
+    );
+    assert!(
+        !events[before..].contains(&"terminating web-0".to_string()),
+        "web-0 is below the partition: {events:?}"
+    );
+
+    // Partition 0 finishes the rollout: the update revision becomes current.
+    apply(&server, &statefulset_yaml(3, "nginx:2", 0)).await;
+    rollout("120s").await;
+    let status = eventually(30, "the update revision is current", || async {
+        let status = sets.get("web").await.ok()?.status?;
+        (status.current_revision == status.update_revision && status.current_replicas == Some(3))
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(status.ready_replicas, Some(3));
+    assert_eq!(status.available_replicas, Some(3));
+    let images: Vec<String> = web_pods(&client).await.iter().map(image_of).collect();
+    assert_eq!(images, ["nginx:2", "nginx:2", "nginx:2"]);
+
+    // whenScaled: Delete — the claims of the pods scaled away go with them.
+    apply(
+        &server,
+        &statefulset_yaml_retaining(1, "nginx:2", 0, "Delete"),
+    )
+    .await;
+    eventually(60, "claims of scaled-down pods are deleted", || async {
+        (claim_names().await == ["www-web-0"]).then_some(())
+    })
+    .await;
+    assert_eq!(web_pods(&client).await.len(), 1);
+}

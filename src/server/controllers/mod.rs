@@ -20,6 +20,7 @@ pub mod node_lifecycle;
 pub mod podgc;
 pub mod resync;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +92,7 @@ pub fn loops() -> Vec<(&'static str, Loop)> {
         ("job", job::run),
         ("cronjob", cronjob::run),
         ("daemonset", daemonset::run),
+        ("statefulset", statefulset::run),
     ]
 }
 

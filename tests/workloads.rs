@@ -59,6 +59,38 @@ async fn kubectl(server: &TestServer, args: &[&str], stdin: Option<&str>) -> (bo
     (out.status.success(), text)
 }
 
+/// One line per pod with the given labels: name, uid, node, phase, readiness, deletion.
+async fn describe_pods(client: &kube::Client, labels: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let items = pods
+        .list(&ListParams::default().labels(labels))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    items
+        .iter()
+        .map(|p| {
+            let status = p.status.clone().unwrap_or_default();
+            let ready = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .map(|c| format!("{}={}", c.type_, c.status))
+                .collect::<Vec<_>>()
+                .join(",");
+            format!(
+                "{} uid={} node={:?} phase={:?} [{}] deleting={}\n",
+                p.metadata.name.clone().unwrap_or_default(),
+                p.metadata.uid.clone().unwrap_or_default(),
+                p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                status.phase,
+                ready,
+                p.metadata.deletion_timestamp.is_some()
+            )
+        })
+        .collect()
+}
+
 /// `kubectl apply -f -` of a YAML manifest; fails the test if kubectl does.
 async fn apply(server: &TestServer, manifest: &str) {
     let (ok, out) = kubectl(server, &["apply", "-f", "-"], Some(manifest)).await;
@@ -290,11 +322,14 @@ async fn daemon_nodes(client: &kube::Client, name: &str) -> Vec<String> {
 }
 
 async fn wait_for_daemon_nodes(client: &kube::Client, name: &str, want: &[&str], what: &str) {
-    eventually(60, what, || async {
-        let nodes = daemon_nodes(client, name).await;
-        (nodes == want).then_some(())
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while daemon_nodes(client, name).await != want {
+        if tokio::time::Instant::now() > deadline {
+            let pods = describe_pods(client, &format!("app={name}")).await;
+            panic!("timed out: {what}; pods:\n{pods}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test]
@@ -326,7 +361,10 @@ async fn daemonset_follows_nodes_taints_selectors_and_rolls() {
         None,
     )
     .await;
-    assert!(ok && out.contains("successfully rolled out"), "{out}");
+    if !(ok && out.contains("successfully rolled out")) {
+        let pods = describe_pods(&client, "app=agent").await;
+        panic!("kubectl rollout status: {out}\npods:\n{pods}");
+    }
     wait_for_daemon_nodes(
         &client,
         "agent",
@@ -405,13 +443,33 @@ async fn daemonset_follows_nodes_taints_selectors_and_rolls() {
     .await;
 
     let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
-    let status = eventually(30, "status counts the nodes", || async {
-        let ds = daemonsets.get("agent").await.ok()?;
-        let status = ds.status?;
-        (status.desired_number_scheduled == 2 && status.number_available == Some(2))
-            .then_some(status)
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let ds = daemonsets.get("agent").await.expect("daemonset");
+        let status = ds.status.clone().unwrap_or_default();
+        if status.desired_number_scheduled == 2 && status.number_available == Some(2) {
+            break status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let pods = describe_pods(&client, "app=agent").await;
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+            let names: Vec<String> = nodes
+                .list(&ListParams::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter_map(|n| n.metadata.name)
+                        .collect()
+                })
+                .unwrap_or_default();
+            panic!(
+                "timed out: status counts the nodes; generation {:?} status {status:?}\nnodes {names:?}\npods:\n{pods}",
+                ds.metadata.generation
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert_eq!(status.current_number_scheduled, 2);
     assert_eq!(status.number_ready, 2);
     assert_eq!(status.updated_number_scheduled, Some(2));
@@ -433,7 +491,10 @@ async fn daemonset_follows_nodes_taints_selectors_and_rolls() {
         None,
     )
     .await;
-    assert!(ok && out.contains("successfully rolled out"), "{out}");
+    if !(ok && out.contains("successfully rolled out")) {
+        let pods = describe_pods(&client, "app=agent").await;
+        panic!("kubectl rollout status: {out}\npods:\n{pods}");
+    }
     let after = eventually(30, "only new pods are left", || async {
         let items = pods
             .list(&ListParams::default().labels("app=agent"))
@@ -628,6 +689,7 @@ async fn statefulset_orders_claims_scales_and_rolls_with_partition() {
     .await;
     let rollout = |timeout: &'static str| {
         let server = &server;
+        let client = client.clone();
         async move {
             let (ok, out) = kubectl(
                 server,
@@ -640,7 +702,10 @@ async fn statefulset_orders_claims_scales_and_rolls_with_partition() {
                 None,
             )
             .await;
-            assert!(ok, "kubectl rollout status failed: {out}");
+            if !ok {
+                let pods = describe_pods(&client, "app=web").await;
+                panic!("kubectl rollout status failed: {out}\npods:\n{pods}");
+            }
             out
         }
     };

@@ -145,7 +145,13 @@ impl HollowNodes {
 
     /// Registers one more node.
     pub async fn add(&self, node: &HollowNode) {
-        let index = self.names.lock().expect("names").len();
+        // The kubelet must own the node before the Node exists: a pod may be bound to it (and
+        // its one bound event seen) as soon as it does.
+        let index = {
+            let mut names = self.names.lock().expect("names");
+            names.push(node.name.clone());
+            names.len() - 1
+        };
         let nodes: Api<Node> = Api::all(self.client.clone());
         let object: Node = serde_json::from_value(node_object(node, index)).expect("node");
         nodes
@@ -153,7 +159,6 @@ impl HollowNodes {
             .await
             .expect("register hollow node");
         renew_lease(&self.client, &node.name).await;
-        self.names.lock().expect("names").push(node.name.clone());
     }
 
     /// Stops a node's heartbeat and kubelet, as if the machine was lost.

@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-pub mod binder;
 pub mod hollow;
 pub mod registry;
 pub mod server;

@@ -1336,7 +1336,7 @@ pub async fn bind(
         subresource: None,
     };
     let precondition_uid = meta_str(&binding, "uid").map(String::from);
-    let reply = update_with(state, &pod_request, query, Part::Binding, |current| {
+    update_with(state, &pod_request, query, Part::Binding, |current| {
         if let Some(uid) = &precondition_uid {
             if meta_str(current, "uid") != Some(uid.as_str()) {
                 return Err(ApiError::conflict(
@@ -1371,26 +1371,31 @@ pub async fn bind(
         Ok((pod, false))
     })
     .await?;
-    // The PodScheduled condition goes through status, as kube-scheduler's binding does.
-    let mut pod = reply.body;
-    let conditions = pod["status"]["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut conditions: Vec<Value> = conditions
-        .into_iter()
-        .filter(|c| c["type"] != "PodScheduled")
-        .collect();
-    conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now_rfc3339()}));
-    pod["status"]["conditions"] = json!(conditions);
+    // The PodScheduled condition goes through status, as kube-scheduler's binding does. It is
+    // set on the pod as it is now: a kubelet may already have reported on the bound pod, and
+    // its status must not be replaced by the one from before.
     let status_request = ResourceRequest {
         subresource: Some("status".into()),
         ..pod_request
     };
-    let pod_for_status = pod.clone();
     update_with(state, &status_request, query, Part::Status, |current| {
         let mut next = current.clone();
-        next["status"] = pod_for_status["status"].clone();
+        let conditions = current["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if conditions
+            .iter()
+            .any(|c| c["type"] == "PodScheduled" && c["status"] == "True")
+        {
+            return Ok((next, false));
+        }
+        let mut conditions: Vec<Value> = conditions
+            .into_iter()
+            .filter(|c| c["type"] != "PodScheduled")
+            .collect();
+        conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now_rfc3339()}));
+        next["status"]["conditions"] = json!(conditions);
         Ok((next, false))
     })
     .await?;

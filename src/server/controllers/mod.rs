@@ -8,10 +8,12 @@
 
 pub mod controller_ref;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod garbage_collector;
+pub mod history;
 pub mod job;
 pub mod kubernetes_service;
 pub mod namespace;
@@ -21,6 +23,7 @@ pub mod podgc;
 pub mod replicaset;
 pub mod resync;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +96,8 @@ pub fn loops() -> Vec<(&'static str, Loop)> {
         ("cronjob", cronjob::run),
         ("replicaset", replicaset::run),
         ("deployment", deployment::run),
+        ("daemonset", daemonset::run),
+        ("statefulset", statefulset::run),
     ]
 }
 
@@ -164,5 +169,38 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     };
     if let Err(err) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
         tracing::debug!(error = %err, "recording event");
+    }
+}
+
+/// Whether a pod is available — Ready for at least `min_ready_seconds` at `now`
+/// (`podutil.IsPodAvailable`) — and, when it is Ready but not yet available, how long until it is.
+pub fn pod_available(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    min_ready_seconds: i32,
+    now: jiff::Timestamp,
+) -> (bool, Option<Duration>) {
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"));
+    let Some(ready) = ready else {
+        return (false, None);
+    };
+    if min_ready_seconds <= 0 {
+        return (true, None);
+    }
+    let Some(since) = ready.last_transition_time.as_ref() else {
+        return (false, None);
+    };
+    let wait = Duration::from_secs(u64::try_from(min_ready_seconds).unwrap_or(0));
+    let elapsed = now
+        .duration_since(since.0)
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    if elapsed >= wait {
+        (true, None)
+    } else {
+        (false, Some(wait - elapsed))
     }
 }

@@ -32,6 +32,11 @@ fn main() -> ExitCode {
             return ExitCode::from(err.exit_code());
         }
     };
+    if let Invocation::Shim(command) = resolved.invocation {
+        // The shim logs to its container's directory, never to the agent's stderr, and must
+        // stay single-threaded: no async runtime here.
+        return agent::runtime::container::shim::main(command, resolved.logging.filter.as_deref());
+    }
     init_tracing(&resolved.logging);
     let result = match resolved.invocation {
         Invocation::Server(config) => run_server(config),
@@ -41,6 +46,7 @@ fn main() -> ExitCode {
             println!("{VERSION} ({sha})");
             Ok(())
         }
+        Invocation::Shim(_) => Err(anyhow::anyhow!("the shim is dispatched before tracing")),
         Invocation::CheckConfig(config) => {
             let checks = check_config::check_host(&config.root, config.search_path.as_deref());
             for check in &checks {

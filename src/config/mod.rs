@@ -255,6 +255,8 @@ pub enum Invocation {
     Agent(AgentConfig),
     Version,
     CheckConfig(CheckConfig),
+    /// The hidden per-container shim; it takes no configuration file.
+    Shim(crate::cli::ShimCommand),
 }
 
 /// How to log.
@@ -300,6 +302,7 @@ where
             (Invocation::Agent(agent_config(args)?), debug)
         }
         Command::Version => (Invocation::Version, false),
+        Command::Shim(args) => (Invocation::Shim(args.command), false),
         Command::CheckConfig => (
             Invocation::CheckConfig(CheckConfig {
                 root: PathBuf::from("/"),

@@ -4,4 +4,5 @@
 
 pub mod binder;
 pub mod hollow;
+pub mod rootfs;
 pub mod server;

@@ -116,7 +116,11 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 }
 
 /// Creates (or updates) the cgroup of a pod and its QoS parent, and writes its limits.
-pub fn ensure_pod(qos: QosClass, pod_uid: &str, resources: &Resources) -> Result<String, CgroupError> {
+pub fn ensure_pod(
+    qos: QosClass,
+    pod_uid: &str,
+    resources: &Resources,
+) -> Result<String, CgroupError> {
     let version = detect()?;
     let path = pod_path(qos, pod_uid);
     match version {
@@ -233,7 +237,12 @@ pub fn remove_pod(qos: QosClass, pod_uid: &str) -> Result<(), CgroupError> {
         match fs::remove_dir(&target) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(CgroupError::Io { path: target, source }),
+            Err(source) => {
+                return Err(CgroupError::Io {
+                    path: target,
+                    source,
+                })
+            }
         }
     }
     Ok(())
@@ -308,9 +317,9 @@ pub fn oom_kills(version: Version, path: &str) -> Result<u64, CgroupError> {
             "oom_kill",
         )?
         .unwrap_or(0)),
-        Version::V2 => Ok(
-            read_keyed(&dir(version, "", path).join("memory.events"), "oom_kill")?.unwrap_or(0),
-        ),
+        Version::V2 => {
+            Ok(read_keyed(&dir(version, "", path).join("memory.events"), "oom_kill")?.unwrap_or(0))
+        }
     }
 }
 
@@ -321,8 +330,14 @@ mod tests {
     #[test]
     fn pods_are_grouped_by_qos_class_as_the_kubelet_does() {
         assert_eq!(pod_path(QosClass::Guaranteed, "u1"), "/cluster/podu1");
-        assert_eq!(pod_path(QosClass::Burstable, "u1"), "/cluster/burstable/podu1");
-        assert_eq!(pod_path(QosClass::BestEffort, "u1"), "/cluster/besteffort/podu1");
+        assert_eq!(
+            pod_path(QosClass::Burstable, "u1"),
+            "/cluster/burstable/podu1"
+        );
+        assert_eq!(
+            pod_path(QosClass::BestEffort, "u1"),
+            "/cluster/besteffort/podu1"
+        );
         assert_eq!(
             container_path("/cluster/podu1", "abc"),
             "/cluster/podu1/abc"

@@ -3,9 +3,10 @@
 //! Owns the log file of one container: `<log-root>/<namespace>_<pod>_<uid>/<container>/<restart>.log`,
 //! one record per line, `<RFC 3339 nano timestamp> <stdout|stderr> <F|P> <text>`. A line longer
 //! than [`MAX_LINE`] is cut into partial (`P`) records, as is a last line without a newline; the
-//! full (`F`) record ends a line. When the file passes its size limit it is renamed with the
-//! kubelet's `<name>.<YYYYMMDD-hhmmss>` suffix and a new one is started; only the newest
-//! `max_files - 1` rotated files are kept.
+//! full (`F`) record ends a line. When a record would take the file past its size limit, the
+//! file is first renamed with the kubelet's `<name>.<YYYYMMDD-hhmmss>` suffix and a new one is
+//! started; only the newest `max_files - 1` rotated files are kept (uncompressed: the kubelet
+//! gzips older rotated files, this does not yet).
 //!
 //! This module runs inside the shim (synchronous, no tokio). It must not know about containers
 //! beyond the two streams it is handed.
@@ -176,11 +177,13 @@ impl LogWriter {
 
     fn write_record(&mut self, stream: Stream, record: &Record) -> io::Result<()> {
         let line = format_record(&jiff::Timestamp::now(), stream, record);
-        self.file.write_all(&line)?;
-        self.size += line.len() as u64;
-        if self.max_size > 0 && self.size >= self.max_size {
+        // Rotate before a record would take the file past its limit, so the live file always
+        // ends with the newest record.
+        if self.max_size > 0 && self.size > 0 && self.size + line.len() as u64 > self.max_size {
             self.rotate()?;
         }
+        self.file.write_all(&line)?;
+        self.size += line.len() as u64;
         Ok(())
     }
 
@@ -306,7 +309,10 @@ mod tests {
         let mut writer = LogWriter::open(&path, 100, 3).expect("open");
         for i in 0..40 {
             writer
-                .write(Stream::Stdout, format!("line {i:04} of the log\n").as_bytes())
+                .write(
+                    Stream::Stdout,
+                    format!("line {i:04} of the log\n").as_bytes(),
+                )
                 .expect("write");
         }
         let rotated = rotated_files(&path).expect("list");

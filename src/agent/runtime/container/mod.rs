@@ -287,7 +287,10 @@ impl Runtime {
             Some(message) => message.to_string(),
             None if line.is_empty() => {
                 let log = fs::read_to_string(dir.shim_log()).unwrap_or_default();
-                format!("the shim exited without an answer; shim.log: {}", log.trim())
+                format!(
+                    "the shim exited without an answer; shim.log: {}",
+                    log.trim()
+                )
             }
             None => line.to_string(),
         };
@@ -422,7 +425,10 @@ impl Runtime {
 
     /// The status reported by the shim, or the one it left on disk.
     async fn shim_status(&self, dir: &ContainerDir) -> Result<ShimStatus, RuntimeError> {
-        if let Ok(response) = self.call(dir, &Request::Status, Some(REQUEST_TIMEOUT)).await {
+        if let Ok(response) = self
+            .call(dir, &Request::Status, Some(REQUEST_TIMEOUT))
+            .await
+        {
             if let Some(status) = response.status {
                 return Ok(status);
             }
@@ -517,7 +523,7 @@ impl Runtime {
             .map_err(io_ctx("reading container.json"))?;
         if let Rootfs::Overlay { .. } = record.rootfs {
             // Normally the shim unmounted it; after a crash it is still there.
-            let _ = rustix::mount::unmount(&dir.rootfs(), rustix::mount::UnmountFlags::DETACH);
+            let _ = rustix::mount::unmount(dir.rootfs(), rustix::mount::UnmountFlags::DETACH);
         }
         // libcontainer's state and the container cgroup, if the shim could not remove them.
         let _ = fs::remove_dir_all(dir.libcontainer_root().join(id));

@@ -50,6 +50,14 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// Exit code of `shim exec` when the process could not be started (as `docker exec`).
 const EXEC_FAILED: u8 = 126;
 
+/// `__WALL`: libcontainer clones the container's process with CLONE_PARENT and no exit signal,
+/// and waitpid() sees such "clone" children only with this flag.
+const WALL: u32 = 0x4000_0000;
+
+fn wait_all() -> WaitOptions {
+    WaitOptions::from_bits_retain(WALL)
+}
+
 /// Entry point of the hidden `cluster shim` subcommand.
 pub fn main(command: ShimCommand, log_filter: Option<&str>) -> ExitCode {
     match command {
@@ -169,7 +177,9 @@ struct Shim {
 
 impl Shim {
     fn create(dir: &ContainerDir) -> Result<Shim, ShimError> {
-        let record = dir.read_record().map_err(io_ctx("reading container.json"))?;
+        let record = dir
+            .read_record()
+            .map_err(io_ctx("reading container.json"))?;
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(errno_ctx("becoming a child subreaper"))?;
         if let Rootfs::Overlay { lower } = &record.rootfs {
@@ -193,8 +203,8 @@ impl Shim {
         let (container, outputs) = if tty {
             let console_path = dir.dir.join("console.sock");
             let _ = fs::remove_file(&console_path);
-            let console = UnixListener::bind(&console_path)
-                .map_err(io_ctx("binding the console socket"))?;
+            let console =
+                UnixListener::bind(&console_path).map_err(io_ctx("binding the console socket"))?;
             let container = builder
                 .with_console_socket(Some(&console_path))
                 .with_stdin(OwnedFd::from(null))
@@ -325,10 +335,8 @@ impl Shim {
             if listener_ready {
                 self.accept();
             }
-            if pid_ready || exited_at.is_none() {
-                if self.reap() {
-                    exited_at = Some(Instant::now());
-                }
+            if (pid_ready || exited_at.is_none()) && self.reap() {
+                exited_at = Some(Instant::now());
             }
         }
         for i in 0..self.outputs.len() {
@@ -359,24 +367,17 @@ impl Shim {
     /// Reaps exited children; true when the container's init process is among them.
     fn reap(&mut self) -> bool {
         let mut init_exited = false;
-        loop {
-            match rustix::process::waitpid(None, WaitOptions::NOHANG) {
-                Ok(Some((pid, status))) => {
-                    if pid == self.pid {
-                        let (code, signal) = match (status.exit_status(), status.terminating_signal()) {
-                            (Some(code), _) => (code, None),
-                            (None, Some(signal)) => (128 + signal, Some(signal)),
-                            (None, None) => (255, None),
-                        };
-                        self.status.exit_code = Some(code);
-                        self.status.signal = signal;
-                        self.status.finished_at = Some(state::now());
-                        init_exited = true;
-                        tracing::info!(code, ?signal, "container exited");
-                    }
-                }
-                Ok(None) | Err(_) => break,
+        while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG | wait_all())
+        {
+            if pid != self.pid {
+                continue;
             }
+            let (code, signal) = exit_code(status);
+            self.status.exit_code = Some(code);
+            self.status.signal = signal;
+            self.status.finished_at = Some(state::now());
+            init_exited = true;
+            tracing::info!(code, ?signal, "container exited");
         }
         if init_exited {
             self.status.oom_killed = self
@@ -401,7 +402,8 @@ impl Shim {
             Err(err) => Err(format!("reading request: {err}")),
         };
         let response = match request {
-            Ok(Request::Wait) if self.status.exit_code.is_none() => {
+            // Answered by `finish`, once the output is in the log and the status is final.
+            Ok(Request::Wait) => {
                 self.waiters.push(stream);
                 return;
             }
@@ -421,18 +423,9 @@ impl Shim {
             Request::Kill { signal, all } => self.kill(signal, all),
         };
         Response {
-            status: Some(self.current_status()),
+            status: Some(self.status.clone()),
             error: result.err().map(|e| e.to_string()),
         }
-    }
-
-    fn current_status(&self) -> ShimStatus {
-        let mut status = self.status.clone();
-        if status.exit_code.is_some() {
-            // Exited, the final record is written once the output is drained.
-            status.state = State::Exited;
-        }
-        status
     }
 
     fn start(&mut self) -> Result<(), ShimError> {
@@ -483,7 +476,7 @@ impl Shim {
         }
         if let Rootfs::Overlay { .. } = self.record.rootfs {
             if let Err(err) =
-                rustix::mount::unmount(&self.dir.rootfs(), rustix::mount::UnmountFlags::DETACH)
+                rustix::mount::unmount(self.dir.rootfs(), rustix::mount::UnmountFlags::DETACH)
             {
                 tracing::warn!(error = %err, "unmounting the root filesystem");
             }
@@ -518,7 +511,9 @@ fn mount_overlay(dir: &ContainerDir, lower: &[PathBuf]) -> Result<(), ShimError>
         fs::create_dir_all(&path).map_err(io_ctx(format!("creating {}", path.display())))?;
     }
     if lower.is_empty() {
-        return Err(ShimError::Other("an overlay needs at least one layer".into()));
+        return Err(ShimError::Other(
+            "an overlay needs at least one layer".into(),
+        ));
     }
     // overlayfs lists the top layer first; ours are lowest first.
     let lowerdir: Vec<String> = lower
@@ -536,7 +531,7 @@ fn mount_overlay(dir: &ContainerDir, lower: &[PathBuf]) -> Result<(), ShimError>
         .map_err(|_| ShimError::Other("a layer path contains a NUL byte".into()))?;
     rustix::mount::mount(
         "overlay",
-        &dir.rootfs(),
+        dir.rootfs(),
         "overlay",
         rustix::mount::MountFlags::empty(),
         Some(options.as_c_str()),
@@ -566,18 +561,23 @@ fn receive_terminal(console: &UnixListener) -> Result<OwnedFd, ShimError> {
             }
         }
     }
-    Err(ShimError::Other("no terminal received on the console socket".into()))
+    Err(ShimError::Other(
+        "no terminal received on the console socket".into(),
+    ))
 }
 
 /// `cluster shim exec DIR [--tty] -- CMD…`: returns the process's exit code.
 fn exec(dir: &ContainerDir, tty: bool, command: &[String]) -> Result<i32, ShimError> {
-    let record = dir.read_record().map_err(io_ctx("reading container.json"))?;
+    let record = dir
+        .read_record()
+        .map_err(io_ctx("reading container.json"))?;
     let spec: serde_json::Value =
         state::read_json(&dir.spec()).map_err(io_ctx("reading config.json"))?;
     let me = std::process::id();
     let process_path = dir.dir.join(format!("exec-{me}.json"));
     let process = super::spec::exec_process(&spec, command, tty);
-    state::write_json_atomic(&process_path, &process).map_err(io_ctx("writing the exec process"))?;
+    state::write_json_atomic(&process_path, &process)
+        .map_err(io_ctx("writing the exec process"))?;
     let _cleanup = RemoveOnDrop(vec![process_path.clone()]);
 
     let builder = ContainerBuilder::new(record.id.clone(), SyscallType::default())
@@ -605,7 +605,12 @@ fn exec(dir: &ContainerDir, tty: bool, command: &[String]) -> Result<i32, ShimEr
     };
     let pid = Pid::from_raw(pid.as_raw())
         .ok_or_else(|| ShimError::Other(format!("invalid pid {pid}")))?;
-    tracing::info!(pid = pid.as_raw_nonzero().get(), ?command, tty, "exec started");
+    tracing::info!(
+        pid = pid.as_raw_nonzero().get(),
+        ?command,
+        tty,
+        "exec started"
+    );
     if let Some(master) = master {
         relay_terminal(&master, pid)?;
     }
@@ -615,14 +620,8 @@ fn exec(dir: &ContainerDir, tty: bool, command: &[String]) -> Result<i32, ShimEr
 /// Waits for `pid` (a child) and returns its exit code as a shell reports it.
 fn wait_exit_code(pid: Pid) -> Result<i32, ShimError> {
     loop {
-        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
-            Ok(Some((_, status))) => {
-                return Ok(match (status.exit_status(), status.terminating_signal()) {
-                    (Some(code), _) => code,
-                    (None, Some(signal)) => 128 + signal,
-                    (None, None) => 255,
-                });
-            }
+        match rustix::process::waitpid(Some(pid), wait_all()) {
+            Ok(Some((_, status))) => return Ok(exit_code(status).0),
             Ok(None) => continue,
             Err(rustix::io::Errno::INTR) => continue,
             Err(err) => return Err(errno_ctx("waiting for the exec process")(err)),
@@ -668,13 +667,13 @@ fn relay_terminal(master: &OwnedFd, pid: Pid) -> Result<(), ShimError> {
         if master_ready {
             match rustix::io::read(master, &mut buf[..]) {
                 Ok(0) | Err(rustix::io::Errno::IO) => return Ok(()),
-                Ok(n) => write_all(&stdout, &buf[..n])?,
+                Ok(n) => write_all(stdout, &buf[..n])?,
                 Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => {}
                 Err(err) => return Err(errno_ctx("reading the terminal")(err)),
             }
         }
         if in_ready {
-            match rustix::io::read(&stdin, &mut buf[..]) {
+            match rustix::io::read(stdin, &mut buf[..]) {
                 Ok(0) | Err(_) => stdin_open = false,
                 Ok(n) => write_all(master, &buf[..n])?,
             }
@@ -694,6 +693,15 @@ fn write_all(fd: impl AsFd, mut data: &[u8]) -> Result<(), ShimError> {
         }
     }
     Ok(())
+}
+
+/// The exit code as a shell reports it (128 + the signal), and the signal if one ended it.
+fn exit_code(status: rustix::process::WaitStatus) -> (i32, Option<i32>) {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) => (code, None),
+        (None, Some(signal)) => (128 + signal, Some(signal)),
+        (None, None) => (255, None),
+    }
 }
 
 struct RemoveOnDrop(Vec<PathBuf>);

@@ -262,10 +262,7 @@ pub fn resolve_env(image: &ImageConfig, spec: &ContainerSpec, home: &str) -> Vec
     for (key, value) in &spec.env {
         set(format!("{key}={value}"));
     }
-    let has = |env: &[String], key: &str| {
-        env.iter()
-            .any(|e| e.split('=').next() == Some(key))
-    };
+    let has = |env: &[String], key: &str| env.iter().any(|e| e.split('=').next() == Some(key));
     if !has(&env, "PATH") {
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }
@@ -679,11 +676,20 @@ mod tests {
             vec!["/entry", "default", "cmd"]
         );
         spec.args = vec!["x".into()];
-        assert_eq!(resolve_args(&image(), &spec).expect("args"), vec!["/entry", "x"]);
+        assert_eq!(
+            resolve_args(&image(), &spec).expect("args"),
+            vec!["/entry", "x"]
+        );
         spec.command = vec!["/bin/sh".into()];
-        assert_eq!(resolve_args(&image(), &spec).expect("args"), vec!["/bin/sh", "x"]);
+        assert_eq!(
+            resolve_args(&image(), &spec).expect("args"),
+            vec!["/bin/sh", "x"]
+        );
         spec.args.clear();
-        assert_eq!(resolve_args(&image(), &spec).expect("args"), vec!["/bin/sh"]);
+        assert_eq!(
+            resolve_args(&image(), &spec).expect("args"),
+            vec!["/bin/sh"]
+        );
         assert!(matches!(
             resolve_args(&ImageConfig::default(), &ContainerSpec::default()),
             Err(SpecError::NoCommand)

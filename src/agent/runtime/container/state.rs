@@ -26,9 +26,7 @@ pub struct ContainerDir {
 
 impl ContainerDir {
     pub fn new(root: &Path, id: &str) -> Self {
-        ContainerDir {
-            dir: root.join(id),
-        }
+        ContainerDir { dir: root.join(id) }
     }
 
     pub fn id(&self) -> String {

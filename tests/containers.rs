@@ -7,7 +7,7 @@ use std::fs;
 use std::time::Duration;
 
 use cluster::agent::runtime::container::spec::SeccompProfile;
-use cluster::agent::runtime::container::{Runtime, State};
+use cluster::agent::runtime::container::{Rootfs, Runtime, State};
 use support::rootfs::{require_root, TestRuntime};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -416,4 +416,47 @@ async fn a_new_runtime_finds_running_and_exited_containers_again() {
     again.remove(&running).await.expect("remove");
     again.remove(&exited.id).await.expect("remove");
     assert!(again.list().await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn an_overlay_root_keeps_the_image_layer_untouched() {
+    if !require_root("an_overlay_root_keeps_the_image_layer_untouched") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let mut request = t.request(
+        "writer",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo changed > /etc/motd; rm /bin/yes; cat /etc/motd",
+        ],
+    );
+    request.rootfs = Rootfs::Overlay {
+        lower: vec![t.rootfs.clone()],
+    };
+    let status = run_to_exit(&t, &request).await;
+    assert_eq!(status.exit_code, Some(0), "{status:?}");
+    let records = log_records(&status.log_path);
+    assert!(
+        records.contains(&("stdout".into(), "F".into(), "changed".into())),
+        "{records:?}"
+    );
+    assert!(
+        !t.rootfs.join("etc/motd").exists(),
+        "the layer was written to"
+    );
+    assert!(
+        fs::symlink_metadata(t.rootfs.join("bin/yes")).is_ok(),
+        "the layer lost a file"
+    );
+    let dir = t.config.root.join(&status.id);
+    assert!(
+        !fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .contains(&dir.join("rootfs").display().to_string()),
+        "the shim unmounts the root filesystem when the container exits"
+    );
+    t.runtime.remove(&status.id).await.expect("remove");
+    assert!(!dir.exists());
 }

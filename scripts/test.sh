@@ -43,12 +43,17 @@ fatal() {
 }
 
 # Debian packages the tests use, as "command:package" pairs.
-PACKAGES='protoc:protobuf-compiler curl:curl etcd:etcd-server nft:nftables ip:iproute2 busybox:busybox-static docker-registry:docker-registry zstd:zstd'
+PACKAGES='protoc:protobuf-compiler curl:curl etcd:etcd-server nft:nftables ip:iproute2 busybox:busybox-static docker-registry:docker-registry zstd:zstd pkg-config:pkg-config'
+# Libraries (no command to look for), as "file:package": libcontainer links libseccomp.
+LIBRARIES='/usr/include/seccomp.h:libseccomp-dev'
 
 install_packages() {
     missing=''
     for pair in $PACKAGES; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
+    done
+    for pair in $LIBRARIES; do
+        [ -e "${pair%%:*}" ] || missing="$missing ${pair#*:}"
     done
     if [ -z "$missing" ]; then
         return

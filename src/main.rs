@@ -32,6 +32,11 @@ fn main() -> ExitCode {
             return ExitCode::from(err.exit_code());
         }
     };
+    if let Invocation::Shim(command) = resolved.invocation {
+        // The shim logs to its container's directory, never to the agent's stderr, and must
+        // stay single-threaded: no async runtime here.
+        return agent::runtime::container::shim::main(command, resolved.logging.filter.as_deref());
+    }
     init_tracing(&resolved.logging);
     let result = match resolved.invocation {
         Invocation::Server(config) => run_server(config),
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Invocation::Images(config) => run_images(&config),
+        Invocation::Shim(_) => Err(anyhow::anyhow!("the shim is dispatched before tracing")),
         Invocation::CheckConfig(config) => {
             let checks = check_config::check_host(&config.root, config.search_path.as_deref());
             for check in &checks {

@@ -40,6 +40,39 @@ pub enum Command {
     CheckConfig,
     /// Manage the node's container images (import airgap archives, list, remove, pull)
     Images(ImagesArgs),
+    /// Internal: the per-container shim the agent starts (not for people)
+    #[command(hide = true)]
+    Shim(ShimArgs),
+}
+
+/// `cluster shim`: started by the agent's container runtime, one per container or exec.
+#[derive(Debug, Clone, Args)]
+pub struct ShimArgs {
+    #[command(subcommand)]
+    pub command: ShimCommand,
+}
+
+/// What the shim is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum ShimCommand {
+    /// Create the container of a bundle directory, run it and stay its parent until it exits
+    Run {
+        /// The container's directory (its OCI bundle and state)
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Run one more process inside a running container, wired to this process's stdio
+    Exec {
+        /// The container's directory
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Give the process a terminal
+        #[arg(long)]
+        tty: bool,
+        /// The command and its arguments
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 /// Flags every long-running command takes.

@@ -268,6 +268,8 @@ pub enum Invocation {
     Agent(AgentConfig),
     Version,
     CheckConfig(CheckConfig),
+    /// The hidden per-container shim; it takes no configuration file.
+    Shim(crate::cli::ShimCommand),
     Images(ImagesConfig),
 }
 
@@ -347,6 +349,7 @@ where
             )
         }
         Command::Version => (Invocation::Version, false),
+        Command::Shim(args) => (Invocation::Shim(args.command), false),
         Command::CheckConfig => (
             Invocation::CheckConfig(CheckConfig {
                 root: PathBuf::from("/"),

@@ -4,4 +4,5 @@
 
 pub mod hollow;
 pub mod registry;
+pub mod rootfs;
 pub mod server;

@@ -1,0 +1,715 @@
+//! The shim: `cluster shim run DIR` and `cluster shim exec DIR -- CMD…`, re-executed from the
+//! agent's own binary.
+//!
+//! libcontainer is synchronous and creates processes with clone(); forking a multi-threaded
+//! tokio process is not safe, so the agent never calls it. Instead, one small single-threaded
+//! shim per container (as containerd-shim and conmon do):
+//!
+//! - creates the container from the bundle in `DIR` and reports `ok <pid>` (or `error: …`) on
+//!   its stdout, which the agent reads, then detaches from that pipe;
+//! - is the parent (and child subreaper) of the container's init process, so it alone reaps it
+//!   and can signal it through a pidfd without racing pid reuse;
+//! - copies the container's stdout and stderr into the CRI log file ([`super::logs`]);
+//! - answers the agent on `DIR/shim.sock` ([`super::protocol`]): status, start, kill, wait;
+//! - when the container exits, records its exit code and whether the OOM killer struck
+//!   (the cgroup's `oom_kill` counter), removes the container's libcontainer state and cgroup,
+//!   writes the final `status.json` and exits. The agent may die and come back meanwhile: the
+//!   shim is in its own process group and does not depend on it.
+//!
+//! `exec` runs one process inside the running container with libcontainer's tenant builder,
+//! wired to the exec process's own stdio (or to a terminal whose master it relays), waits for
+//! it and exits with its exit code.
+//!
+//! The shim must not start threads or an async runtime: libcontainer forks from it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead as _, BufReader, Write as _};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
+
+use super::cgroups;
+use super::logs::{LogWriter, Stream};
+use super::protocol::{Request, Response};
+use super::state::{self, ContainerDir, ContainerRecord, Rootfs, ShimStatus, State};
+use crate::cli::ShimCommand;
+
+/// How long the shim keeps reading output after the init process exited (processes that
+/// inherited the pipes outside the container's PID namespace may hold them open).
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Exit code of `shim exec` when the process could not be started (as `docker exec`).
+const EXEC_FAILED: u8 = 126;
+
+/// `__WALL`: libcontainer clones the container's process with CLONE_PARENT and no exit signal,
+/// and waitpid() sees such "clone" children only with this flag.
+const WALL: u32 = 0x4000_0000;
+
+fn wait_all() -> WaitOptions {
+    WaitOptions::from_bits_retain(WALL)
+}
+
+/// Entry point of the hidden `cluster shim` subcommand.
+pub fn main(command: ShimCommand, log_filter: Option<&str>) -> ExitCode {
+    match command {
+        ShimCommand::Run { dir } => {
+            init_tracing(&dir, log_filter);
+            run(ContainerDir { dir })
+        }
+        ShimCommand::Exec { dir, tty, command } => {
+            init_tracing(&dir, log_filter);
+            match exec(&ContainerDir { dir }, tty, &command) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXEC_FAILED)),
+                Err(err) => {
+                    tracing::error!(error = %err, "exec failed");
+                    eprintln!("cluster shim exec: {err}");
+                    ExitCode::from(EXEC_FAILED)
+                }
+            }
+        }
+    }
+}
+
+/// The shim logs to `DIR/shim.log`: its stdio belong to the agent or to an exec'd process.
+fn init_tracing(dir: &Path, filter: Option<&str>) {
+    let Ok(file) = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("shim.log"))
+    else {
+        return;
+    };
+    let filter = filter
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Why the shim could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("libcontainer: {0}")]
+    Libcontainer(#[from] libcontainer::error::LibcontainerError),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn io_ctx(what: impl Into<String>) -> impl FnOnce(io::Error) -> ShimError {
+    let what = what.into();
+    move |source| ShimError::Io { what, source }
+}
+
+fn errno_ctx(what: impl Into<String>) -> impl FnOnce(rustix::io::Errno) -> ShimError {
+    let what = what.into();
+    move |errno| ShimError::Io {
+        what,
+        source: errno.into(),
+    }
+}
+
+/// `cluster shim run DIR`.
+fn run(dir: ContainerDir) -> ExitCode {
+    let mut report = io::stdout();
+    let shim = match Shim::create(&dir) {
+        Ok(shim) => shim,
+        Err(err) => {
+            tracing::error!(error = %err, "create failed");
+            let _ = writeln!(report, "error: {err}");
+            let _ = report.flush();
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = writeln!(report, "ok {}", shim.pid.as_raw_nonzero());
+    let _ = report.flush();
+    // Let go of the agent's pipe: the agent may exit, we must not get EPIPE on it.
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stdin(&null);
+    }
+    match shim.serve() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "shim failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An output of the container: a pipe, or the terminal master.
+struct Output {
+    fd: OwnedFd,
+    stream: Stream,
+    open: bool,
+}
+
+struct Shim {
+    dir: ContainerDir,
+    record: ContainerRecord,
+    container: Container,
+    pid: Pid,
+    pidfd: OwnedFd,
+    listener: UnixListener,
+    outputs: Vec<Output>,
+    log: LogWriter,
+    status: ShimStatus,
+    waiters: Vec<UnixStream>,
+    cgroup_version: Option<cgroups::Version>,
+}
+
+impl Shim {
+    fn create(dir: &ContainerDir) -> Result<Shim, ShimError> {
+        let record = dir
+            .read_record()
+            .map_err(io_ctx("reading container.json"))?;
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .map_err(errno_ctx("becoming a child subreaper"))?;
+        if let Rootfs::Overlay { lower } = &record.rootfs {
+            mount_overlay(dir, lower)?;
+        }
+        let spec: serde_json::Value =
+            state::read_json(&dir.spec()).map_err(io_ctx("reading config.json"))?;
+        let tty = spec["process"]["terminal"].as_bool().unwrap_or(false);
+
+        let log = LogWriter::open(&record.log_path, record.log_max_size, record.log_max_files)
+            .map_err(io_ctx(format!("opening log {}", record.log_path.display())))?;
+
+        let null = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(io_ctx("opening /dev/null"))?;
+        let builder = ContainerBuilder::new(record.id.clone(), SyscallType::default())
+            .with_root_path(dir.libcontainer_root())?
+            .validate_id()?;
+        let (container, outputs) = if tty {
+            let console_path = dir.dir.join("console.sock");
+            let _ = fs::remove_file(&console_path);
+            let console =
+                UnixListener::bind(&console_path).map_err(io_ctx("binding the console socket"))?;
+            let container = builder
+                .with_console_socket(Some(&console_path))
+                .with_stdin(OwnedFd::from(null))
+                .as_init(&dir.dir)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()?;
+            let master = receive_terminal(&console)?;
+            let _ = fs::remove_file(&console_path);
+            let outputs = vec![Output {
+                fd: master,
+                stream: Stream::Stdout,
+                open: true,
+            }];
+            (container, outputs)
+        } else {
+            let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(errno_ctx("creating the stdout pipe"))?;
+            let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(errno_ctx("creating the stderr pipe"))?;
+            let container = builder
+                .with_stdin(OwnedFd::from(null))
+                .with_stdout(out_w)
+                .with_stderr(err_w)
+                .as_init(&dir.dir)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()?;
+            let outputs = vec![
+                Output {
+                    fd: out_r,
+                    stream: Stream::Stdout,
+                    open: true,
+                },
+                Output {
+                    fd: err_r,
+                    stream: Stream::Stderr,
+                    open: true,
+                },
+            ];
+            (container, outputs)
+        };
+        let raw_pid = container
+            .pid()
+            .ok_or_else(|| ShimError::Other("libcontainer reported no pid".into()))?;
+        let pid = Pid::from_raw(raw_pid.as_raw())
+            .ok_or_else(|| ShimError::Other(format!("invalid pid {raw_pid}")))?;
+        let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())
+            .map_err(errno_ctx("opening a pidfd for the container"))?;
+
+        let status = ShimStatus::created(pid.as_raw_nonzero().get(), std::process::id() as i32);
+        dir.write_status(&status)
+            .map_err(io_ctx("writing status.json"))?;
+        let _ = fs::remove_file(dir.socket());
+        let listener = UnixListener::bind(dir.socket()).map_err(io_ctx("binding shim.sock"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io_ctx("shim.sock nonblocking"))?;
+        tracing::info!(id = %record.id, pid = pid.as_raw_nonzero().get(), "container created");
+        Ok(Shim {
+            dir: dir.clone(),
+            record,
+            container,
+            pid,
+            pidfd,
+            listener,
+            outputs,
+            log,
+            status,
+            waiters: Vec::new(),
+            cgroup_version: cgroups::detect().ok(),
+        })
+    }
+
+    /// Serves the agent and copies output until the container has exited.
+    fn serve(mut self) -> Result<(), ShimError> {
+        let mut exited_at: Option<Instant> = None;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let outputs_open = self.outputs.iter().any(|o| o.open);
+            if let Some(at) = exited_at {
+                if !outputs_open || at.elapsed() >= DRAIN {
+                    break;
+                }
+            }
+            let (listener_ready, pid_ready, ready_outputs) = {
+                let mut fds = vec![PollFd::new(&self.listener, PollFlags::IN)];
+                let pid_index = if exited_at.is_none() {
+                    fds.push(PollFd::new(&self.pidfd, PollFlags::IN));
+                    Some(fds.len() - 1)
+                } else {
+                    None
+                };
+                let mut output_index = Vec::new();
+                for (i, output) in self.outputs.iter().enumerate() {
+                    if output.open {
+                        fds.push(PollFd::new(&output.fd, PollFlags::IN));
+                        output_index.push((i, fds.len() - 1));
+                    }
+                }
+                let timeout = exited_at.map(|at| {
+                    let left = DRAIN.saturating_sub(at.elapsed());
+                    Timespec {
+                        tv_sec: left.as_secs() as i64,
+                        tv_nsec: i64::from(left.subsec_nanos()),
+                    }
+                });
+                match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(err) => return Err(errno_ctx("poll")(err)),
+                }
+                let busy = |fd: &PollFd<'_>| !fd.revents().is_empty();
+                let ready_outputs: Vec<usize> = output_index
+                    .iter()
+                    .filter(|(_, fd)| busy(&fds[*fd]))
+                    .map(|(i, _)| *i)
+                    .collect();
+                (
+                    busy(&fds[0]),
+                    pid_index.is_some_and(|i| busy(&fds[i])),
+                    ready_outputs,
+                )
+            };
+            for i in ready_outputs {
+                self.copy_output(i, &mut buf);
+            }
+            if listener_ready {
+                self.accept();
+            }
+            if (pid_ready || exited_at.is_none()) && self.reap() {
+                exited_at = Some(Instant::now());
+            }
+        }
+        for i in 0..self.outputs.len() {
+            let stream = self.outputs[i].stream;
+            let _ = self.log.close_stream(stream);
+        }
+        self.finish();
+        Ok(())
+    }
+
+    /// Copies what is waiting on one output into the log.
+    fn copy_output(&mut self, index: usize, buf: &mut [u8]) {
+        let output = &mut self.outputs[index];
+        match rustix::io::read(&output.fd, &mut *buf) {
+            Ok(0) => output.open = false,
+            Ok(n) => {
+                let stream = output.stream;
+                if let Err(err) = self.log.write(stream, &buf[..n]) {
+                    tracing::warn!(error = %err, "writing the container log");
+                }
+            }
+            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => {}
+            // A terminal master reads EIO once the other side is closed.
+            Err(_) => output.open = false,
+        }
+    }
+
+    /// Reaps exited children; true when the container's init process is among them.
+    fn reap(&mut self) -> bool {
+        let mut init_exited = false;
+        while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG | wait_all())
+        {
+            if pid != self.pid {
+                continue;
+            }
+            let (code, signal) = exit_code(status);
+            self.status.exit_code = Some(code);
+            self.status.signal = signal;
+            self.status.finished_at = Some(state::now());
+            init_exited = true;
+            tracing::info!(code, ?signal, "container exited");
+        }
+        if init_exited {
+            self.status.oom_killed = self
+                .cgroup_version
+                .and_then(|v| cgroups::oom_kills(v, &self.record.cgroup_path).ok())
+                .is_some_and(|n| n > 0);
+        }
+        init_exited
+    }
+
+    /// Takes one request from the socket.
+    fn accept(&mut self) {
+        let stream = match self.listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(_) => return,
+        };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut line = String::new();
+        let request: Result<Request, String> = match BufReader::new(&stream).read_line(&mut line) {
+            Ok(_) => serde_json::from_str(&line).map_err(|err| format!("bad request: {err}")),
+            Err(err) => Err(format!("reading request: {err}")),
+        };
+        let response = match request {
+            // Answered by `finish`, once the output is in the log and the status is final.
+            Ok(Request::Wait) => {
+                self.waiters.push(stream);
+                return;
+            }
+            Ok(request) => self.handle(request),
+            Err(error) => Response {
+                status: None,
+                error: Some(error),
+            },
+        };
+        respond(stream, &response);
+    }
+
+    fn handle(&mut self, request: Request) -> Response {
+        let result = match request {
+            Request::Status | Request::Wait => Ok(()),
+            Request::Start => self.start(),
+            Request::Kill { signal, all } => self.kill(signal, all),
+        };
+        Response {
+            status: Some(self.status.clone()),
+            error: result.err().map(|e| e.to_string()),
+        }
+    }
+
+    fn start(&mut self) -> Result<(), ShimError> {
+        if self.status.state != State::Created || self.status.exit_code.is_some() {
+            return Err(ShimError::Other(format!(
+                "container is {:?}, not created",
+                self.status.state
+            )));
+        }
+        self.container.start()?;
+        self.status.state = State::Running;
+        self.status.started_at = Some(state::now());
+        self.dir
+            .write_status(&self.status)
+            .map_err(io_ctx("writing status.json"))?;
+        tracing::info!("container started");
+        Ok(())
+    }
+
+    fn kill(&mut self, signal: i32, all: bool) -> Result<(), ShimError> {
+        if self.status.exit_code.is_some() {
+            return Ok(());
+        }
+        tracing::info!(signal, all, "signalling container");
+        if all {
+            let signal = libcontainer::signal::Signal::try_from(signal)
+                .map_err(|err| ShimError::Other(format!("signal {signal}: {err}")))?;
+            self.container.kill(signal, true)?;
+        } else {
+            let signal = Signal::from_named_raw(signal)
+                .ok_or_else(|| ShimError::Other(format!("unknown signal {signal}")))?;
+            match rustix::process::pidfd_send_signal(&self.pidfd, signal) {
+                Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                Err(err) => return Err(errno_ctx("sending the signal")(err)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The container has exited: clean up, record, answer the waiters.
+    fn finish(mut self) {
+        // Processes left in the cgroup (possible with a shared PID namespace) go too.
+        if let Ok(signal) = libcontainer::signal::Signal::try_from(9) {
+            let _ = self.container.kill(signal, true);
+        }
+        if let Err(err) = self.container.delete(true) {
+            tracing::warn!(error = %err, "deleting the libcontainer state");
+        }
+        if let Rootfs::Overlay { .. } = self.record.rootfs {
+            if let Err(err) =
+                rustix::mount::unmount(self.dir.rootfs(), rustix::mount::UnmountFlags::DETACH)
+            {
+                tracing::warn!(error = %err, "unmounting the root filesystem");
+            }
+        }
+        self.status.state = State::Exited;
+        if let Err(err) = self.dir.write_status(&self.status) {
+            tracing::error!(error = %err, "writing the final status");
+        }
+        let response = Response {
+            status: Some(self.status.clone()),
+            error: None,
+        };
+        for waiter in std::mem::take(&mut self.waiters) {
+            respond(waiter, &response);
+        }
+        let _ = fs::remove_file(self.dir.socket());
+        tracing::info!("shim done");
+    }
+}
+
+fn respond(mut stream: UnixStream, response: &Response) {
+    if let Ok(mut line) = serde_json::to_vec(response) {
+        line.push(b'\n');
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+        let _ = stream.write_all(&line);
+    }
+}
+
+/// Mounts the overlay root filesystem of the container at `DIR/rootfs`.
+fn mount_overlay(dir: &ContainerDir, lower: &[PathBuf]) -> Result<(), ShimError> {
+    for path in [dir.rootfs(), dir.upper(), dir.work()] {
+        fs::create_dir_all(&path).map_err(io_ctx(format!("creating {}", path.display())))?;
+    }
+    if lower.is_empty() {
+        return Err(ShimError::Other(
+            "an overlay needs at least one layer".into(),
+        ));
+    }
+    // overlayfs lists the top layer first; ours are lowest first.
+    let lowerdir: Vec<String> = lower
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir.join(":"),
+        dir.upper().display(),
+        dir.work().display()
+    );
+    let options = std::ffi::CString::new(options)
+        .map_err(|_| ShimError::Other("a layer path contains a NUL byte".into()))?;
+    rustix::mount::mount(
+        "overlay",
+        dir.rootfs(),
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        Some(options.as_c_str()),
+    )
+    .map_err(errno_ctx("mounting the overlay root filesystem"))
+}
+
+/// Receives the terminal master libcontainer sends to a console socket.
+fn receive_terminal(console: &UnixListener) -> Result<OwnedFd, ShimError> {
+    let (stream, _) = console
+        .accept()
+        .map_err(io_ctx("accepting on the console socket"))?;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+    let mut name = [0u8; 4096];
+    rustix::net::recvmsg(
+        &stream,
+        &mut [io::IoSliceMut::new(&mut name)],
+        &mut control,
+        rustix::net::RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(errno_ctx("receiving the terminal"))?;
+    for message in control.drain() {
+        if let rustix::net::RecvAncillaryMessage::ScmRights(mut fds) = message {
+            if let Some(fd) = fds.next() {
+                return Ok(fd);
+            }
+        }
+    }
+    Err(ShimError::Other(
+        "no terminal received on the console socket".into(),
+    ))
+}
+
+/// `cluster shim exec DIR [--tty] -- CMD…`: returns the process's exit code.
+fn exec(dir: &ContainerDir, tty: bool, command: &[String]) -> Result<i32, ShimError> {
+    let record = dir
+        .read_record()
+        .map_err(io_ctx("reading container.json"))?;
+    let spec: serde_json::Value =
+        state::read_json(&dir.spec()).map_err(io_ctx("reading config.json"))?;
+    let me = std::process::id();
+    let process_path = dir.dir.join(format!("exec-{me}.json"));
+    let process = super::spec::exec_process(&spec, command, tty);
+    state::write_json_atomic(&process_path, &process)
+        .map_err(io_ctx("writing the exec process"))?;
+    let _cleanup = RemoveOnDrop(vec![process_path.clone()]);
+
+    let builder = ContainerBuilder::new(record.id.clone(), SyscallType::default())
+        .with_root_path(dir.libcontainer_root())?;
+    let (pid, master) = if tty {
+        let console_path = dir.dir.join(format!("exec-{me}.sock"));
+        let _ = fs::remove_file(&console_path);
+        let console =
+            UnixListener::bind(&console_path).map_err(io_ctx("binding the console socket"))?;
+        let _cleanup = RemoveOnDrop(vec![console_path.clone()]);
+        let pid = builder
+            .with_console_socket(Some(&console_path))
+            .as_tenant()
+            .with_process(Some(&process_path))
+            .with_detach(true)
+            .build()?;
+        (pid, Some(receive_terminal(&console)?))
+    } else {
+        let pid = builder
+            .as_tenant()
+            .with_process(Some(&process_path))
+            .with_detach(false)
+            .build()?;
+        (pid, None)
+    };
+    let pid = Pid::from_raw(pid.as_raw())
+        .ok_or_else(|| ShimError::Other(format!("invalid pid {pid}")))?;
+    tracing::info!(
+        pid = pid.as_raw_nonzero().get(),
+        ?command,
+        tty,
+        "exec started"
+    );
+    if let Some(master) = master {
+        relay_terminal(&master, pid)?;
+    }
+    wait_exit_code(pid)
+}
+
+/// Waits for `pid` (a child) and returns its exit code as a shell reports it.
+fn wait_exit_code(pid: Pid) -> Result<i32, ShimError> {
+    loop {
+        match rustix::process::waitpid(Some(pid), wait_all()) {
+            Ok(Some((_, status))) => return Ok(exit_code(status).0),
+            Ok(None) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(err) => return Err(errno_ctx("waiting for the exec process")(err)),
+        }
+    }
+}
+
+/// Copies stdin to the terminal and the terminal to stdout until the process is gone.
+fn relay_terminal(master: &OwnedFd, pid: Pid) -> Result<(), ShimError> {
+    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())
+        .map_err(errno_ctx("opening a pidfd for the exec process"))?;
+    let stdin = rustix::stdio::stdin();
+    let stdout = rustix::stdio::stdout();
+    let mut stdin_open = true;
+    let mut exited = false;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let (in_ready, master_ready, pid_ready) = {
+            let mut fds = vec![
+                PollFd::new(master, PollFlags::IN),
+                PollFd::new(&pidfd, PollFlags::IN),
+            ];
+            if stdin_open {
+                fds.push(PollFd::new(&stdin, PollFlags::IN));
+            }
+            // After the process exited, read what is left without blocking for long.
+            let timeout = exited.then_some(Timespec {
+                tv_sec: 0,
+                tv_nsec: 100_000_000,
+            });
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                Ok(0) if exited => return Ok(()),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(err) => return Err(errno_ctx("poll")(err)),
+            }
+            (
+                stdin_open && !fds[2].revents().is_empty(),
+                !fds[0].revents().is_empty(),
+                !fds[1].revents().is_empty(),
+            )
+        };
+        if master_ready {
+            match rustix::io::read(master, &mut buf[..]) {
+                Ok(0) | Err(rustix::io::Errno::IO) => return Ok(()),
+                Ok(n) => write_all(stdout, &buf[..n])?,
+                Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => {}
+                Err(err) => return Err(errno_ctx("reading the terminal")(err)),
+            }
+        }
+        if in_ready {
+            match rustix::io::read(stdin, &mut buf[..]) {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => write_all(master, &buf[..n])?,
+            }
+        }
+        if pid_ready {
+            exited = true;
+        }
+    }
+}
+
+fn write_all(fd: impl AsFd, mut data: &[u8]) -> Result<(), ShimError> {
+    while !data.is_empty() {
+        match rustix::io::write(&fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(err) => return Err(errno_ctx("writing")(err)),
+        }
+    }
+    Ok(())
+}
+
+/// The exit code as a shell reports it (128 + the signal), and the signal if one ended it.
+fn exit_code(status: rustix::process::WaitStatus) -> (i32, Option<i32>) {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) => (code, None),
+        (None, Some(signal)) => (128 + signal, Some(signal)),
+        (None, None) => (255, None),
+    }
+}
+
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
+}

@@ -192,11 +192,16 @@ impl Drop for TestRuntime {
             }
         }
         let _ = cgroups::remove_pod(QosClass::BestEffort, &self.pod.uid);
+        // Tests leave the machine as they found it: the QoS parents and the root go too once
+        // empty (removing a cgroup another test still uses fails harmlessly).
+        for parent in ["besteffort", "burstable"] {
+            remove_cgroup_everywhere(&format!("{}/{parent}", cgroups::ROOT));
+        }
+        remove_cgroup_everywhere(cgroups::ROOT);
     }
 }
 
-/// Removes a cgroup from every hierarchy (only if empty). The QoS parents stay, as the
-/// kubelet's `kubepods` tree does.
+/// Removes a cgroup from every hierarchy (only if empty).
 pub fn remove_cgroup_everywhere(path: &str) {
     let Ok(version) = cgroups::detect() else {
         return;

@@ -1550,9 +1550,12 @@ pub async fn scale(
                 }],
             ));
         }
-        let pinned = wanted["metadata"]["resourceVersion"]
-            .as_str()
-            .is_some_and(|rv| !rv.is_empty());
+        // A PUT names the version it read; a patch starts from the current Scale, so only a
+        // resourceVersion the patch itself changed pins it (otherwise a concurrent write, e.g.
+        // the controller's status update, is retried rather than returned as a conflict).
+        let wanted_rv = wanted["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        let current_rv = scale["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        let pinned = !wanted_rv.is_empty() && (method != "PATCH" || wanted_rv != current_rv);
         let mut next = current.clone();
         if let Some(rv) = wanted["metadata"]["resourceVersion"].as_str() {
             if let Some(meta) = metadata_mut(&mut next) {

@@ -169,11 +169,24 @@ async fn stop_waits_the_grace_period_then_kills() {
         &[
             "/bin/sh",
             "-c",
-            "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+            "trap 'exit 42' TERM; echo trapped; while true; do sleep 0.1; done",
         ],
     );
     let id = t.runtime.create(&polite).await.expect("create");
     t.runtime.start(&id).await.expect("start");
+    // PID 1 ignores a SIGTERM that arrives before its handler is installed: wait for it.
+    let log_path = t.runtime.status(&id).await.expect("status").log_path;
+    let deadline = std::time::Instant::now() + LONG;
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("trapped")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trap was never set"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let status = t.runtime.stop(&id, LONG).await.expect("stop");
     assert_eq!(status.exit_code, Some(42), "{status:?}");
 }

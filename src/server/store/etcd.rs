@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    KvClient, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchClient, WatchOptions,
 };
 use futures::StreamExt;
 
@@ -38,6 +38,9 @@ const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the lookup of the compaction point (after a compacted range) may take.
 const COMPACTION_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest response accepted from etcd. gRPC's default of 4 MiB is too small for a range
+/// of many objects; etcd's own Go client (and so kube-apiserver) accepts up to 2 GiB.
+const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
 /// Where the etcd cluster is and how to authenticate to it.
 #[derive(Clone, Debug, Default)]
@@ -82,17 +85,26 @@ impl EtcdStore {
         Ok(store)
     }
 
+    /// A KV client that accepts responses up to [`MAX_RESPONSE_BYTES`].
+    fn kv(&self) -> KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    /// A watch client that accepts responses up to [`MAX_RESPONSE_BYTES`].
+    fn watcher(&self) -> WatchClient {
+        self.client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
     /// The revision etcd has compacted up to, learnt by opening a watch at `requested + 1`
     /// (etcd reports no compaction point with a compacted range). `None` if it cannot be learnt.
     async fn compaction_point(&self, key: &[u8], requested: Revision) -> Option<Revision> {
         let probe = async {
             let options = WatchOptions::new().with_start_revision(requested.max(0) + 1);
-            let mut stream = self
-                .client
-                .watch_client()
-                .watch(key, Some(options))
-                .await
-                .ok()?;
+            let mut stream = self.watcher().watch(key, Some(options)).await.ok()?;
             while let Ok(Some(response)) = stream.message().await {
                 if response.compact_revision() != 0 {
                     return Some(response.compact_revision());
@@ -253,12 +265,7 @@ fn convert_event(event: &etcd_client::Event) -> Result<Event, StoreError> {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
-        let response = self
-            .client
-            .kv_client()
-            .get(key, None)
-            .await
-            .map_err(backend)?;
+        let response = self.kv().get(key, None).await.map_err(backend)?;
         Ok(response.kvs().first().map(convert))
     }
 
@@ -278,7 +285,7 @@ impl Store for EtcdStore {
         if request.limit > 0 {
             options = options.with_limit(i64::try_from(request.limit).unwrap_or(i64::MAX));
         }
-        let response = match self.client.kv_client().get(start, Some(options)).await {
+        let response = match self.kv().get(start, Some(options)).await {
             Ok(response) => response,
             Err(e) => return Err(self.revision_error(e, &request.prefix, revision).await),
         };
@@ -303,7 +310,7 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
-        let response = self.client.kv_client().txn(txn).await.map_err(backend)?;
+        let response = self.kv().txn(txn).await.map_err(backend)?;
         if !response.succeeded() {
             return Err(StoreError::AlreadyExists { key: lossy(key) });
         }
@@ -334,7 +341,7 @@ impl Store for EtcdStore {
                 Some(PutOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let response = self.client.kv_client().txn(txn).await.map_err(backend)?;
+        let response = self.kv().txn(txn).await.map_err(backend)?;
         if !response.succeeded() {
             let current = failure_get(&response)?;
             return Err(conflict_or_missing(key, expected_mod_revision, current));
@@ -375,7 +382,7 @@ impl Store for EtcdStore {
                 Some(DeleteOptions::new().with_prev_key()),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let response = self.client.kv_client().txn(txn).await.map_err(backend)?;
+        let response = self.kv().txn(txn).await.map_err(backend)?;
         if !response.succeeded() {
             let current = failure_get(&response)?;
             return Err(match expected_mod_revision {
@@ -396,8 +403,7 @@ impl Store for EtcdStore {
         // Any read carries the store's revision in its header; this one returns no data.
         let options = GetOptions::new().with_count_only();
         let response = self
-            .client
-            .kv_client()
+            .kv()
             .get(vec![0], Some(options))
             .await
             .map_err(backend)?;
@@ -405,7 +411,7 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        match self.client.kv_client().compact(revision, None).await {
+        match self.kv().compact(revision, None).await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.revision_error(e, &[0], revision).await),
         }
@@ -428,8 +434,7 @@ impl Store for EtcdStore {
             .with_prev_key()
             .with_start_revision(from_revision.max(0) + 1);
         let mut stream = self
-            .client
-            .watch_client()
+            .watcher()
             .watch(key, Some(options))
             .await
             .map_err(backend)?;

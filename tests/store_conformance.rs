@@ -78,6 +78,7 @@ all_backends!(
     revision_moves_by_one_per_successful_write_only,
     key_bookkeeping_across_delete_and_recreate,
     update_is_compare_and_swap,
+    concurrent_writes_to_one_key_are_decided_one_after_another,
     guarded_and_unguarded_delete,
     range_stays_inside_the_prefix,
     a_range_larger_than_4_mib_is_answered,
@@ -283,6 +284,86 @@ mod cases {
             store.update(b"/c/k", b"x", v2.mod_revision).await,
             Err(StoreError::NotFound { .. })
         ));
+    }
+
+    /// Many writers racing on one key (the embedded store decides a whole group of queued
+    /// writes at once): exactly one create wins, exactly one update per expected revision wins,
+    /// and the losers see the winner's state.
+    pub async fn concurrent_writes_to_one_key_are_decided_one_after_another(
+        shared: &Arc<dyn Store>,
+    ) {
+        const WRITERS: usize = 32;
+        let before = revision(shared.as_ref()).await;
+        let creates = futures::future::join_all((0..WRITERS).map(|i| {
+            let store = Arc::clone(shared);
+            async move { store.create(b"/race/k", i.to_string().as_bytes()).await }
+        }))
+        .await;
+        let created: Vec<&KeyValue> = creates.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(created.len(), 1, "exactly one create wins: {creates:?}");
+        let winner = created[0].clone();
+        assert_eq!(winner.mod_revision, before + 1);
+        assert!(creates.iter().all(|r| match r {
+            Ok(_) => true,
+            Err(StoreError::AlreadyExists { key }) => key == "/race/k",
+            Err(_) => false,
+        }));
+
+        // Every round: all writers update with the same expected revision; one wins and the
+        // others get Conflict carrying exactly the winner's state.
+        let mut current = winner;
+        for round in 0..3 {
+            let updates = futures::future::join_all((0..WRITERS).map(|i| {
+                let store = Arc::clone(shared);
+                let expected = current.mod_revision;
+                let value = format!("{round}-{i}");
+                async move { store.update(b"/race/k", value.as_bytes(), expected).await }
+            }))
+            .await;
+            let won: Vec<&KeyValue> = updates.iter().filter_map(|r| r.as_ref().ok()).collect();
+            assert_eq!(won.len(), 1, "round {round}: one update wins: {updates:?}");
+            let next = won[0].clone();
+            assert_eq!(next.mod_revision, current.mod_revision + 1);
+            assert_eq!(next.version, current.version + 1);
+            assert_eq!(next.create_revision, current.create_revision);
+            for result in &updates {
+                match result {
+                    Ok(_) => {}
+                    Err(StoreError::Conflict {
+                        expected, current, ..
+                    }) => {
+                        assert_eq!(*expected, next.mod_revision - 1);
+                        assert_eq!(**current, next);
+                    }
+                    Err(e) => panic!("round {round}: unexpected {e}"),
+                }
+            }
+            current = next;
+        }
+        assert_eq!(
+            shared.get(b"/race/k").await.expect("get"),
+            Some(current.clone())
+        );
+
+        // Guarded deletes racing with updates: exactly one of them succeeds.
+        let expected = current.mod_revision;
+        let deletes = futures::future::join_all((0..WRITERS).map(|i| {
+            let store = Arc::clone(shared);
+            async move {
+                if i % 2 == 0 {
+                    store.delete(b"/race/k", Some(expected)).await.map(|_| ())
+                } else {
+                    store.update(b"/race/k", b"u", expected).await.map(|_| ())
+                }
+            }
+        }))
+        .await;
+        assert_eq!(
+            deletes.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{deletes:?}"
+        );
+        assert_eq!(revision(shared.as_ref()).await, expected + 1);
     }
 
     pub async fn guarded_and_unguarded_delete(shared: &Arc<dyn Store>) {

@@ -11,13 +11,18 @@
 //! - `h<revision as 8 big-endian bytes>`: one history record per write: the key, its new state
 //!   and its previous state, and the wall-clock time of the write.
 //!
-//! Every write is one atomic sled batch that updates the key, appends its history record and
-//! bumps the revision, so a crash can never leave half a write behind.
+//! Every group of writes (see below) is one atomic sled batch that updates the keys, appends
+//! their history records and bumps the revision, so a crash can never leave half a write
+//! behind.
 //!
 //! # Guarantees
-//! - Writes are serialised by one mutex (there is one global revision anyway) and acknowledged
-//!   only after a flush to disk. One background thread flushes for everyone: writers that arrive
-//!   while a flush runs are covered together by the next one (group commit).
+//! - Writes are acknowledged only after a flush to disk. They all go through one committer
+//!   thread, which stages the writes queued so far in arrival order (one global revision
+//!   anyway) into one batch, applies it, flushes once, then publishes and acknowledges them:
+//!   the writes that arrive meanwhile form the next group (group commit).
+//! - Async tasks never wait for a flush on a runtime thread. (sled's flush holds its global
+//!   concurrency lock for the whole sync and a batch needs that lock exclusively, so a batch
+//!   applied beside a flush waits for the disk; the committer applies and flushes in turn.)
 //! - Watch events are published only once they are durable, in revision order. A new watch
 //!   registers with the publisher and learns the durable revision `D` in one critical section,
 //!   then replays history up to `D` from disk and receives everything after `D` live: no gap,
@@ -32,16 +37,16 @@
 //!   [`SledStore::run_compactor`]; a history record holds the previous value too, so history
 //!   costs about twice the size of the values written in the window.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
@@ -60,6 +65,12 @@ const HISTORY: u8 = b'h';
 const COMPACTION_BATCH: usize = 1000;
 /// How often a range retries before it takes the writer lock.
 const RANGE_OPTIMISTIC_ATTEMPTS: usize = 4;
+/// Writes waiting for the committer before writers wait to queue theirs.
+const WRITE_QUEUE: usize = 1024;
+/// The most writes one flush covers.
+const MAX_GROUP: usize = 1024;
+/// A group takes no more writes once their values add up to this many bytes.
+const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 
 /// Tuning of the embedded store; [`SledOptions::default`] is what `cluster server` uses.
 #[derive(Clone, Debug)]
@@ -95,26 +106,92 @@ pub struct SledStore {
     inner: Arc<Inner>,
 }
 
-/// What the clones share. Dropping it stops the flusher thread (which flushes one last time)
-/// and waits for it, so that the database is closed when the last clone is gone.
+/// What the clones share. Dropping it stops the committer thread (which flushes one last
+/// time) and waits for it, so that the database is closed when the last clone is gone.
 struct Inner {
     shared: Arc<Shared>,
-    wake: Option<std_mpsc::SyncSender<()>>,
-    flusher: Option<std::thread::JoinHandle<()>>,
+    requests: Option<mpsc::Sender<WriteRequest>>,
+    committer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        drop(self.wake.take());
-        if let Some(flusher) = self.flusher.take() {
-            if flusher.join().is_err() {
-                error!("the store's flusher thread panicked");
+        drop(self.requests.take());
+        if let Some(committer) = self.committer.take() {
+            if committer.join().is_err() {
+                error!("the store's committer thread panicked");
             }
         }
     }
 }
 
-/// What the flusher thread shares with the store.
+/// One write handed to the committer thread; the reply comes once it is durable.
+struct WriteRequest {
+    key: Vec<u8>,
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Event, StoreError>>,
+}
+
+/// What a write does to its key, and under which condition.
+enum WriteOp {
+    Create(Vec<u8>),
+    Update {
+        value: Vec<u8>,
+        expected_mod_revision: Revision,
+    },
+    Delete {
+        expected_mod_revision: Option<Revision>,
+    },
+}
+
+impl WriteOp {
+    fn value_len(&self) -> usize {
+        match self {
+            WriteOp::Create(value) | WriteOp::Update { value, .. } => value.len(),
+            WriteOp::Delete { .. } => 0,
+        }
+    }
+
+    /// What the key becomes given its `current` state: Some(value) for a put, None for a
+    /// delete; or why the write may not happen.
+    fn decide(self, key: &[u8], current: Option<&KeyValue>) -> Result<Option<Vec<u8>>, StoreError> {
+        let conflict = |expected: Revision, kv: &KeyValue| StoreError::Conflict {
+            key: lossy(key),
+            expected,
+            current: Box::new(kv.clone()),
+        };
+        match (self, current) {
+            (WriteOp::Create(_), Some(_)) => Err(StoreError::AlreadyExists { key: lossy(key) }),
+            (WriteOp::Create(value), None) => Ok(Some(value)),
+            (WriteOp::Update { .. } | WriteOp::Delete { .. }, None) => {
+                Err(StoreError::NotFound { key: lossy(key) })
+            }
+            (
+                WriteOp::Update {
+                    value,
+                    expected_mod_revision,
+                },
+                Some(kv),
+            ) => {
+                if kv.mod_revision != expected_mod_revision {
+                    return Err(conflict(expected_mod_revision, kv));
+                }
+                Ok(Some(value))
+            }
+            (
+                WriteOp::Delete {
+                    expected_mod_revision,
+                },
+                Some(kv),
+            ) => match expected_mod_revision {
+                Some(expected) if kv.mod_revision != expected => Err(conflict(expected, kv)),
+                _ => Ok(None),
+            },
+        }
+    }
+}
+
+/// What the committer thread shares with the store.
 struct Shared {
     path: PathBuf,
     db: sled::Db,
@@ -124,15 +201,12 @@ struct Shared {
     applied: AtomicI64,
     compacted: AtomicI64,
     hub: Mutex<Hub>,
-    durable: watch::Sender<Durability>,
     closed: AtomicBool,
 }
 
 /// State guarded by the writer lock.
 struct Writer {
     revision: Revision,
-    /// Events applied to the tree, waiting for the next flush before they are published.
-    pending: Vec<Event>,
 }
 
 /// The watch fan-out.
@@ -146,12 +220,6 @@ struct Subscriber {
     prefix: Vec<u8>,
     sender: mpsc::Sender<Event>,
     cut_off: Arc<AtomicBool>,
-}
-
-#[derive(Clone, Debug)]
-struct Durability {
-    revision: Revision,
-    failure: Option<String>,
 }
 
 impl SledStore {
@@ -197,39 +265,31 @@ impl SledStore {
             Some(bytes) => decode_i64(&bytes).ok_or_else(|| corrupt("bad compaction".into()))?,
             None => 0,
         };
-        let (durable, _) = watch::channel(Durability {
-            revision,
-            failure: None,
-        });
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             db,
             options,
-            writer: Mutex::new(Writer {
-                revision,
-                pending: Vec::new(),
-            }),
+            writer: Mutex::new(Writer { revision }),
             applied: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
             hub: Mutex::new(Hub {
                 durable: revision,
                 subscribers: Vec::new(),
             }),
-            durable,
             closed: AtomicBool::new(false),
         });
-        let (wake, woken) = std_mpsc::sync_channel(1);
-        let flusher_shared = Arc::clone(&shared);
-        let flusher = std::thread::Builder::new()
-            .name("store-flusher".into())
-            .spawn(move || flusher(flusher_shared, woken))
-            .map_err(|err| StoreError::Backend(format!("starting the flusher thread: {err}")))?;
+        let (requests, queued) = mpsc::channel(WRITE_QUEUE);
+        let committer_shared = Arc::clone(&shared);
+        let committer = std::thread::Builder::new()
+            .name("store-committer".into())
+            .spawn(move || committer(committer_shared, queued))
+            .map_err(|err| StoreError::Backend(format!("starting the committer thread: {err}")))?;
         info!(path = %path.display(), revision, compacted, "store opened");
         Ok(SledStore {
             inner: Arc::new(Inner {
                 shared,
-                wake: Some(wake),
-                flusher: Some(flusher),
+                requests: Some(requests),
+                committer: Some(committer),
             }),
         })
     }
@@ -322,89 +382,23 @@ impl SledStore {
         &self.inner.shared
     }
 
-    /// Applies one write under the writer lock and waits until it is durable.
-    async fn write<F>(&self, key: &[u8], decide: F) -> Result<Event, StoreError>
-    where
-        F: FnOnce(Option<KeyValue>) -> Result<Option<Vec<u8>>, StoreError>,
-    {
-        let shared = self.shared();
-        let event = {
-            let mut writer = shared.lock_writer();
-            if shared.closed.load(Ordering::SeqCst) {
-                return Err(StoreError::Closed);
-            }
-            let current = shared.read_current(key)?;
-            let revision = writer.revision + 1;
-            // `decide` says what the key becomes: Some(value) for a put, None for a delete.
-            let new_value = decide(current.clone())?;
-            let event = match new_value {
-                Some(value) => {
-                    let (create_revision, version) = match &current {
-                        Some(kv) => (kv.create_revision, kv.version + 1),
-                        None => (revision, 1),
-                    };
-                    Event {
-                        kind: EventKind::Put,
-                        kv: KeyValue {
-                            key: key.to_vec(),
-                            value,
-                            create_revision,
-                            mod_revision: revision,
-                            version,
-                        },
-                        prev_kv: current,
-                    }
-                }
-                None => Event {
-                    kind: EventKind::Delete,
-                    kv: KeyValue {
-                        key: key.to_vec(),
-                        value: Vec::new(),
-                        create_revision: 0,
-                        mod_revision: revision,
-                        version: 0,
-                    },
-                    prev_kv: current,
-                },
-            };
-            let mut batch = sled::Batch::default();
-            match event.kind {
-                EventKind::Put => batch.insert(current_key(key), encode_current(&event.kv)),
-                EventKind::Delete => batch.remove(current_key(key)),
-            }
-            let record = HistoryRecord {
-                time_ms: unix_millis(SystemTime::now()),
-                event: event.clone(),
-            };
-            batch.insert(&history_key(revision)[..], record.encode());
-            batch.insert(REVISION_KEY, &revision.to_be_bytes()[..]);
-            shared.db.apply_batch(batch).map_err(backend)?;
-            writer.revision = revision;
-            shared.applied.store(revision, Ordering::SeqCst);
-            writer.pending.push(event.clone());
-            event
-        };
-        // A full channel means a wake-up is already pending: the next flush covers us too.
-        if let Some(wake) = &self.inner.wake {
-            let _ = wake.try_send(());
+    /// Hands one write to the committer thread and waits until it is durable.
+    async fn write(&self, key: &[u8], op: WriteOp) -> Result<Event, StoreError> {
+        if self.shared().closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
         }
-        self.wait_durable(event.revision()).await?;
-        Ok(event)
-    }
-
-    async fn wait_durable(&self, revision: Revision) -> Result<(), StoreError> {
-        let mut durable = self.shared().durable.subscribe();
-        let state = durable
-            .wait_for(|state| state.revision >= revision || state.failure.is_some())
+        let requests = self.inner.requests.as_ref().ok_or(StoreError::Closed)?;
+        let (reply, durable) = oneshot::channel();
+        let request = WriteRequest {
+            key: key.to_vec(),
+            op,
+            reply,
+        };
+        requests
+            .send(request)
             .await
             .map_err(|_| StoreError::Closed)?;
-        if state.revision >= revision {
-            return Ok(());
-        }
-        Err(StoreError::Backend(format!(
-            "flushing to disk failed: {}",
-            state.failure.clone().unwrap_or_default()
-        )))
+        durable.await.map_err(|_| StoreError::Closed)?
     }
 
     /// One attempt at reading `[lower, upper)` as of `revision`; `None` if a concurrent write
@@ -534,10 +528,72 @@ impl Shared {
             })
     }
 
+    /// Stages one write into `group` as the next revision: the key's new state and its history
+    /// record. Nothing reaches the tree until the group's batch is applied.
+    fn stage(&self, group: &mut Group, key: &[u8], op: WriteOp) -> Result<Event, StoreError> {
+        let current = match group.staged.get(key) {
+            Some(state) => state.clone(),
+            None => self.read_current(key)?,
+        };
+        let revision = group.revision + 1;
+        let event = match op.decide(key, current.as_ref())? {
+            Some(value) => {
+                let (create_revision, version) = match &current {
+                    Some(kv) => (kv.create_revision, kv.version + 1),
+                    None => (revision, 1),
+                };
+                Event {
+                    kind: EventKind::Put,
+                    kv: KeyValue {
+                        key: key.to_vec(),
+                        value,
+                        create_revision,
+                        mod_revision: revision,
+                        version,
+                    },
+                    prev_kv: current,
+                }
+            }
+            None => Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: key.to_vec(),
+                    value: Vec::new(),
+                    create_revision: 0,
+                    mod_revision: revision,
+                    version: 0,
+                },
+                prev_kv: current,
+            },
+        };
+        let state = match event.kind {
+            EventKind::Put => {
+                group
+                    .batch
+                    .insert(current_key(key), encode_current(&event.kv));
+                Some(event.kv.clone())
+            }
+            EventKind::Delete => {
+                group.batch.remove(current_key(key));
+                None
+            }
+        };
+        let record = HistoryRecord {
+            time_ms: unix_millis(SystemTime::now()),
+            event,
+        };
+        group
+            .batch
+            .insert(&history_key(revision)[..], record.encode());
+        group.staged.insert(key.to_vec(), state);
+        group.revision = revision;
+        Ok(record.event)
+    }
+
     /// Publishes durable events to the watchers, in order, and advances the durable revision.
-    fn publish(&self, events: Vec<Event>, revision: Revision) {
+    fn publish(&self, events: &[Event], revision: Revision) {
         let mut hub = lock(&self.hub);
-        for event in &events {
+        for event in events {
             hub.subscribers.retain(|subscriber| {
                 if !event.kv.key.starts_with(&subscriber.prefix) {
                     return !subscriber.sender.is_closed();
@@ -553,35 +609,104 @@ impl Shared {
             });
         }
         hub.durable = revision;
-        drop(hub);
-        self.durable.send_modify(|state| state.revision = revision);
     }
 }
 
 /// The flusher thread: one flush covers every write applied before it started.
-fn flusher(shared: Arc<Shared>, woken: std_mpsc::Receiver<()>) {
-    loop {
-        let last = woken.recv().is_err();
-        let (events, revision) = {
-            let mut writer = shared.lock_writer();
-            (std::mem::take(&mut writer.pending), writer.revision)
-        };
-        if !events.is_empty() || last {
-            match shared.db.flush() {
-                Ok(_) => shared.publish(events, revision),
-                Err(err) => {
-                    error!(error = %err, "flushing the store to disk failed");
-                    shared
-                        .durable
-                        .send_modify(|state| state.failure = Some(err.to_string()));
+/// Writes staged into one sled batch by the committer.
+struct Group {
+    batch: sled::Batch,
+    /// The state each key written in this group will have (`None`: deleted).
+    staged: HashMap<Vec<u8>, Option<KeyValue>>,
+    /// The revision of the last staged write.
+    revision: Revision,
+}
+
+/// The committer thread: takes every write queued so far (at least one), stages them in order
+/// into one atomic sled batch, applies it, flushes, then publishes the events and acknowledges
+/// the writes. One batch per group matters: sled writes out and syncs its log for every batch.
+/// After a failed flush it refuses every write: what is on disk is then unknown. Ends, with a
+/// last flush, when the store is dropped.
+fn committer(shared: Arc<Shared>, mut queued: mpsc::Receiver<WriteRequest>) {
+    let _span = info_span!("store_committer", path = %shared.path.display()).entered();
+    let mut failure: Option<String> = None;
+    while let Some(first) = queued.blocking_recv() {
+        let mut bytes = first.op.value_len();
+        let mut requests = vec![first];
+        while requests.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+            match queued.try_recv() {
+                Ok(request) => {
+                    bytes += request.op.value_len();
+                    requests.push(request);
                 }
+                Err(_) => break,
             }
         }
-        if last {
-            lock(&shared.hub).subscribers.clear();
-            return;
+        let mut staged = Vec::with_capacity(requests.len());
+        let revision = {
+            let mut writer = shared.lock_writer();
+            let mut group = Group {
+                batch: sled::Batch::default(),
+                staged: HashMap::new(),
+                revision: writer.revision,
+            };
+            for request in requests {
+                let result = if let Some(err) = &failure {
+                    Err(flush_failed(err))
+                } else if shared.closed.load(Ordering::SeqCst) {
+                    Err(StoreError::Closed)
+                } else {
+                    shared.stage(&mut group, &request.key, request.op)
+                };
+                match result {
+                    Ok(event) => staged.push((event, request.reply)),
+                    Err(err) => {
+                        let _ = request.reply.send(Err(err));
+                    }
+                }
+            }
+            if staged.is_empty() {
+                continue;
+            }
+            let mut batch = group.batch;
+            batch.insert(REVISION_KEY, &group.revision.to_be_bytes()[..]);
+            if let Err(err) = shared.db.apply_batch(batch) {
+                let message = err.to_string();
+                for (_, reply) in staged {
+                    let _ = reply.send(Err(StoreError::Backend(message.clone())));
+                }
+                continue;
+            }
+            writer.revision = group.revision;
+            shared.applied.store(group.revision, Ordering::SeqCst);
+            group.revision
+        };
+        match shared.db.flush() {
+            Ok(_) => {
+                let (events, replies): (Vec<Event>, Vec<_>) = staged.into_iter().unzip();
+                shared.publish(&events, revision);
+                for (event, reply) in events.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(event));
+                }
+            }
+            Err(err) => {
+                error!(error = %err, "flushing the store to disk failed");
+                let message = err.to_string();
+                for (_, reply) in staged {
+                    let _ = reply.send(Err(flush_failed(&message)));
+                }
+                failure = Some(message);
+            }
         }
     }
+    if let Err(err) = shared.db.flush() {
+        error!(error = %err, "the last flush of the store failed");
+    }
+    lock(&shared.hub).subscribers.clear();
+}
+
+fn flush_failed(message: &str) -> StoreError {
+    StoreError::Backend(format!("flushing to disk failed: {message}"))
 }
 
 #[async_trait]
@@ -637,12 +762,7 @@ impl Store for SledStore {
     }
 
     async fn create(&self, key: &[u8], value: &[u8]) -> Result<KeyValue, StoreError> {
-        let event = self
-            .write(key, |current| match current {
-                Some(_) => Err(StoreError::AlreadyExists { key: lossy(key) }),
-                None => Ok(Some(value.to_vec())),
-            })
-            .await?;
+        let event = self.write(key, WriteOp::Create(value.to_vec())).await?;
         Ok(event.kv)
     }
 
@@ -652,17 +772,11 @@ impl Store for SledStore {
         value: &[u8],
         expected_mod_revision: Revision,
     ) -> Result<KeyValue, StoreError> {
-        let event = self
-            .write(key, |current| match current {
-                None => Err(StoreError::NotFound { key: lossy(key) }),
-                Some(kv) if kv.mod_revision != expected_mod_revision => Err(StoreError::Conflict {
-                    key: lossy(key),
-                    expected: expected_mod_revision,
-                    current: Box::new(kv),
-                }),
-                Some(_) => Ok(Some(value.to_vec())),
-            })
-            .await?;
+        let op = WriteOp::Update {
+            value: value.to_vec(),
+            expected_mod_revision,
+        };
+        let event = self.write(key, op).await?;
         Ok(event.kv)
     }
 
@@ -671,19 +785,10 @@ impl Store for SledStore {
         key: &[u8],
         expected_mod_revision: Option<Revision>,
     ) -> Result<(KeyValue, Revision), StoreError> {
-        let event = self
-            .write(key, |current| match (current, expected_mod_revision) {
-                (None, _) => Err(StoreError::NotFound { key: lossy(key) }),
-                (Some(kv), Some(expected)) if kv.mod_revision != expected => {
-                    Err(StoreError::Conflict {
-                        key: lossy(key),
-                        expected,
-                        current: Box::new(kv),
-                    })
-                }
-                (Some(_), _) => Ok(None),
-            })
-            .await?;
+        let op = WriteOp::Delete {
+            expected_mod_revision,
+        };
+        let event = self.write(key, op).await?;
         let revision = event.revision();
         let prev = event
             .prev_kv

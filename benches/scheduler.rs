@@ -1,22 +1,31 @@
 //! Scheduler benchmark through the real server (the built `cluster` binary) with hollow nodes
 //! (heartbeats and a hollow kubelet that marks bound pods Running, as kubemark does).
 //!
-//! Run: `cargo bench --bench scheduler` (prints Markdown). `BENCH_SCALE=0.1` shrinks both
-//! workloads for a quick look.
+//! Run: `cargo bench --bench scheduler` (prints Markdown). `BENCH_SCALE=0.1` shrinks every
+//! workload for a quick look.
 //!
 //! Workloads:
 //! - 100 nodes, 3000 pending pods (100m CPU, 128Mi each) created by 32 concurrent clients:
 //!   pods bound per second between the first and the last binding, and the creation rate
 //!   that fed it.
-//! - A ReplicaSet-like burst: 1000 pods owned by one controller, created directly; time from
-//!   the first create until every pod is bound, and how evenly they spread.
+//! - A ReplicaSet-like burst: 1000 pods with one controller owner (a ConfigMap, so that no
+//!   controller acts on them, yet the scheduler spreads them as one set), created directly;
+//!   time from the first create until every pod is bound, and how evenly they spread. This is
+//!   the scheduler alone, fed as fast as 32 clients can create pods.
+//! - A Deployment of 1000 replicas: time from its creation until every pod is bound (the
+//!   Deployment and ReplicaSet controllers create the pods), and until the Deployment reports
+//!   1000 available replicas (the hollow kubelets mark the pods Ready).
+//!
+//! The client, the server (API, store, scheduler, controllers) and the hollow kubelets share
+//! the machine.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
@@ -43,8 +52,9 @@ fn pod(name: &str, owner: Option<&str>) -> Pod {
             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]},
     });
     if let Some(uid) = owner {
-        value["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1",
-            "kind": "ReplicaSet", "name": "burst", "uid": uid, "controller": true}]);
+        // A real owner, or the garbage collector would delete the pods as dangling.
+        value["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1",
+            "kind": "ConfigMap", "name": "burst-owner", "uid": uid, "controller": true}]);
     }
     serde_json::from_value(value).expect("pod")
 }
@@ -141,10 +151,20 @@ async fn bench() -> Vec<(String, String)> {
 
     // Burst: a ReplicaSet-like set of 1000 pods.
     let burst = scale(1000);
+    let owners: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let owner = owners
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "burst-owner"}}))
+                .expect("configmap"),
+        )
+        .await
+        .expect("create owner");
+    let owner_uid = owner.metadata.uid.expect("owner uid");
     let watch = watch_bindings(client.clone(), "default", "burst-", burst);
     let start = Instant::now();
     let objects = (0..burst)
-        .map(|i| pod(&format!("burst-{i}"), Some("burst-rs-uid")))
+        .map(|i| pod(&format!("burst-{i}"), Some(&owner_uid)))
         .collect();
     let created_in = create_all(pods, objects, 32).await;
     let (times, per_node) = tokio::time::timeout(Duration::from_secs(600), watch)
@@ -169,7 +189,71 @@ async fn bench() -> Vec<(String, String)> {
         ),
         format!("{min}/{max}"),
     ));
+
+    // A Deployment: the controllers create the pods, the scheduler binds them.
+    let replicas = scale(1000);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let watch = watch_bindings(client.clone(), "default", "deploy-", replicas);
+    let start = Instant::now();
+    deployments
+        .create(&PostParams::default(), &deployment("deploy", replicas))
+        .await
+        .expect("create deployment");
+    let (times, per_node) = tokio::time::timeout(Duration::from_secs(600), watch)
+        .await
+        .expect("all pods bound in time")
+        .expect("watch task");
+    let last = times.last().copied().unwrap_or(start);
+    let available = loop {
+        let current = deployments.get("deploy").await.expect("get deployment");
+        let ready = current
+            .status
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0);
+        if ready >= replicas as i32 {
+            break start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "deployment available in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let min = per_node.values().min().copied().unwrap_or(0);
+    let max = per_node.values().max().copied().unwrap_or(0);
+    rows.push((
+        format!("Deployment of {replicas}: create → all pods bound"),
+        format!("{:.2} s", last.duration_since(start).as_secs_f64()),
+    ));
+    rows.push((
+        format!("Deployment of {replicas}: create → {replicas} available (polled every 100 ms)"),
+        format!("{:.2} s", available.as_secs_f64()),
+    ));
+    rows.push((
+        format!(
+            "Deployment of {replicas}: pods per node (min/max over {} nodes)",
+            per_node.len()
+        ),
+        format!("{min}/{max}"),
+    ));
     rows
+}
+
+fn deployment(name: &str, replicas: usize) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "busybox",
+                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]},
+            },
+        },
+    }))
+    .expect("deployment")
 }
 
 fn main() {

@@ -716,6 +716,11 @@ pub async fn serve(
                 }
             },
         };
+        // Watch events are small writes that must leave at once: without TCP_NODELAY, Nagle's
+        // algorithm holds each one until the client's delayed ACK (~40 ms).
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!(error = %err, "setting TCP_NODELAY failed");
+        }
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();

@@ -9,6 +9,7 @@
 //! The data plane talks to the API like any client and must never reach the store.
 
 pub mod kubelet;
+pub mod network;
 pub mod runtime;
 
 use std::sync::atomic::AtomicBool;
@@ -42,6 +43,8 @@ pub enum AgentError {
     Registries(#[from] RegistriesError),
     #[error("kubelet: {0}")]
     Kubelet(#[from] kubelet::KubeletError),
+    #[error("pod network: {0}")]
+    Network(#[from] network::NetworkError),
 }
 
 /// Runs the standalone agent. In this build it always fails with [`AgentError::NotAvailable`].
@@ -115,7 +118,11 @@ pub async fn run_embedded(
         }),
         runtime,
         images,
-        network: None,
+        network: Some(Arc::new(network::PodNetwork::new(network::NetworkConfig {
+            state_dir: data.agent_network(),
+            bridge: "cluster0".into(),
+            nft_table: "cluster-nat".into(),
+        })?)),
         network_ready: Arc::new(AtomicBool::new(false)),
     };
     kubelet::run(kubelet, shutdown).await?;

@@ -36,6 +36,39 @@ pub trait PodNetworking: Send + Sync {
     async fn garbage_collect(&self, live: &HashSet<String>) -> Result<(), String>;
 }
 
+#[async_trait::async_trait]
+impl PodNetworking for crate::agent::network::PodNetwork {
+    async fn configure(&self, pod_cidr: &str, cluster_cidr: &str) -> Result<(), String> {
+        crate::agent::network::PodNetwork::configure(self, pod_cidr, cluster_cidr)
+            .await
+            .map_err(|err| err.to_string())
+    }
+
+    async fn setup(
+        &self,
+        pod_uid: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(PathBuf, IpAddr), String> {
+        crate::agent::network::PodNetwork::setup(self, pod_uid, namespace, name)
+            .await
+            .map(|status| (status.netns, status.ip))
+            .map_err(|err| err.to_string())
+    }
+
+    async fn teardown(&self, pod_uid: &str) -> Result<(), String> {
+        crate::agent::network::PodNetwork::teardown(self, pod_uid)
+            .await
+            .map_err(|err| err.to_string())
+    }
+
+    async fn garbage_collect(&self, live: &HashSet<String>) -> Result<(), String> {
+        crate::agent::network::PodNetwork::garbage_collect(self, live)
+            .await
+            .map_err(|err| err.to_string())
+    }
+}
+
 /// Why a sandbox could not be made or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {

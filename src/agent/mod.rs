@@ -118,11 +118,13 @@ pub async fn run_embedded(
         }),
         runtime,
         images,
-        network: Some(Arc::new(network::PodNetwork::new(network::NetworkConfig {
-            state_dir: data.agent_network(),
-            bridge: "cluster0".into(),
-            nft_table: "cluster-nat".into(),
-        })?)),
+        network: Some(Arc::new(network::PodNetwork::new(
+            network::NetworkConfig {
+                state_dir: data.agent_network(),
+                bridge: "cluster0".into(),
+                nft_table: "cluster-nat".into(),
+            },
+        )?)),
         network_ready: Arc::new(AtomicBool::new(false)),
     };
     kubelet::run(kubelet, shutdown).await?;

@@ -215,9 +215,19 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
+        self.fail(&format!("{what}: still {last:?} after {LONG:?}"));
+    }
+
+    /// Fails the test with what the node shows: pods, shim logs, the server's log.
+    fn fail(&self, what: &str) -> ! {
         let pods = self.kubectl(&["get", "pods", "-A", "-o", "yaml"]).1;
+        let shims = sh(&format!(
+            "tail -n 5 {}/containers/*/shim.log",
+            self.run_dir().display()
+        ));
         panic!(
-            "{what}: still {last:?} after {LONG:?}\npods:\n{pods}\nserver log (tail):\n{}",
+            "{what}\npods:\n{pods}\nshim logs:\n{}\nserver log (tail):\n{}",
+            String::from_utf8_lossy(&shims.stdout),
             tail(&self.server().log(), 80)
         );
     }
@@ -383,6 +393,8 @@ fn the_node_registers_ready_and_runs_pods_through_their_life() {
         "run",
         "sleeper",
         &format!("--image={IMAGE}"),
+        // The test image's entrypoint is `sh -c`: replace it.
+        "--command",
         "--",
         "/bin/sh",
         "-c",
@@ -395,19 +407,32 @@ fn the_node_registers_ready_and_runs_pods_through_their_life() {
     );
     let ip = node.pod_field("sleeper", "{.status.podIP}");
     assert!(ip.starts_with("10.42."), "pod IP {ip:?}");
-    assert_eq!(
-        node.pod_field(
+    node.wait_for(
+        "sleeper Ready",
+        &[
+            "get",
+            "pod",
             "sleeper",
-            "{.status.conditions[?(@.type==\"Ready\")].status}"
-        ),
-        "True"
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        |s| s == "True",
     );
     let container_id = node.pod_field("sleeper", "{.status.containerStatuses[0].containerID}");
     assert!(container_id.starts_with("cluster://"), "{container_id}");
     let uid = node.pod_field("sleeper", "{.metadata.uid}");
     let log_dir = node.logs().join(format!("default_sleeper_{uid}"));
-    let log = fs::read_to_string(log_dir.join("sleeper/0.log")).unwrap_or_default();
-    assert!(log.contains("started"), "log: {log:?}");
+    let log_file = log_dir.join("sleeper/0.log");
+    let deadline = Instant::now() + LONG;
+    while !fs::read_to_string(&log_file)
+        .unwrap_or_default()
+        .contains("started")
+    {
+        if Instant::now() > deadline {
+            node.fail(&format!("{} never said started", log_file.display()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A failing container with restartPolicy Never: Failed, Error, exit code 1.
     node.apply(&pod_yaml("fails", "Never", "exit 1"));
@@ -487,6 +512,7 @@ fn a_server_restart_leaves_running_pods_running() {
         "run",
         "survivor",
         &format!("--image={IMAGE}"),
+        "--command",
         "--",
         "/bin/sh",
         "-c",

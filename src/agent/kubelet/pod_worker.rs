@@ -534,7 +534,10 @@ impl Worker {
                 new.pod_ips = previous.pod_ips.clone();
             }
         }
-        if self.last_written.as_ref() == Some(&new) {
+        // Unchanged, and the API still shows it (nobody else overwrote it): nothing to write.
+        if self.last_written.as_ref() == Some(&new)
+            && self.pod.status.as_ref().map(summary) == Some(summary(&new))
+        {
             return;
         }
         let (namespace, name) = pod_name(&self.pod);
@@ -638,6 +641,41 @@ impl Worker {
             }
         }
     }
+}
+
+/// What of a status must match the API's copy: phase, IP, condition states and container
+/// states (times and messages may be normalised by the server).
+fn summary(status: &PodStatus) -> serde_json::Value {
+    let conditions: Vec<(String, String)> = status
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| (c.type_.clone(), c.status.clone()))
+        .collect();
+    let containers: Vec<serde_json::Value> = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .map(|c| {
+            let state = c.state.as_ref();
+            serde_json::json!({
+                "name": c.name,
+                "ready": c.ready,
+                "restartCount": c.restart_count,
+                "containerID": c.container_id,
+                "running": state.is_some_and(|s| s.running.is_some()),
+                "waiting": state.and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.clone()),
+                "terminated": state.and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "phase": status.phase,
+        "podIP": status.pod_ip,
+        "conditions": conditions,
+        "containers": containers,
+    })
 }
 
 /// `10s`, `1m20s`, `5m0s`, as Go prints durations in the kubelet's message.

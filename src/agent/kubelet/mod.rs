@@ -1,0 +1,5 @@
+//! The kubelet: runs the pods bound to this node.
+
+pub mod env;
+pub mod probes;
+pub mod volumes;

@@ -100,7 +100,7 @@ fn unescape_mount_path(raw: &str) -> String {
 
 fn is_mount_point(dir: &Path) -> Result<bool, VolumeError> {
     let real = fs::canonicalize(dir).map_err(io_err("resolving", dir))?;
-    Ok(mount_points()?.iter().any(|m| *m == real))
+    Ok(mount_points()?.contains(&real))
 }
 
 /// Unmounts every mount at or below `dir`, deepest first. Missing `dir` is fine.

@@ -86,13 +86,16 @@ pub struct CachedToken {
     pub refresh_at: std::time::Instant,
 }
 
+/// Service account tokens of projected volumes by (pod uid, volume, path).
+pub type TokenCache = Mutex<HashMap<(String, String, String), CachedToken>>;
+
 /// Prepares, resolves, refreshes and removes pod volumes. Cheap to clone.
 #[derive(Clone)]
 pub struct VolumeManager {
     client: kube::Client,
     pods_root: PathBuf,
     /// (pod uid, volume, path) → token, for projected serviceAccountToken sources.
-    tokens: Arc<Mutex<HashMap<(String, String, String), CachedToken>>>,
+    tokens: Arc<TokenCache>,
 }
 
 impl std::fmt::Debug for VolumeManager {

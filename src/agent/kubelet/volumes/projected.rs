@@ -7,8 +7,6 @@
 //! # Caveats
 //! clusterTrustBundle sources are refused.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -18,7 +16,7 @@ use kube::api::{Api, PostParams};
 use super::atomic_writer::{FileProjection, Payload};
 use super::config_map::{project, ProjectionError};
 use super::downward_api::DownwardApiError;
-use super::CachedToken;
+use super::{CachedToken, TokenCache};
 
 pub const PLUGIN: &str = "kubernetes.io~projected";
 /// kubelet's `ProjectedVolumeSourceDefaultMode` (0644).
@@ -47,7 +45,7 @@ pub async fn payload(
     pod: &Pod,
     volume: &str,
     source: &ProjectedVolumeSource,
-    tokens: &Mutex<HashMap<(String, String, String), CachedToken>>,
+    tokens: &TokenCache,
 ) -> Result<Payload, ProjectedError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let default_mode = source.default_mode.unwrap_or(DEFAULT_MODE);
@@ -127,7 +125,7 @@ async fn service_account_token(
     path: &str,
     audience: Option<String>,
     seconds: i64,
-    tokens: &Mutex<HashMap<(String, String, String), CachedToken>>,
+    tokens: &TokenCache,
 ) -> Result<String, ProjectedError> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let key = (uid.clone(), volume.to_string(), path.to_string());

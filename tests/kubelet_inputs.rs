@@ -207,11 +207,7 @@ async fn container_env_resolves_sources_in_kubernetes_order() {
             ..Default::default()
         });
         nodes
-            .replace_status(
-                "node-a",
-                &PostParams::default(),
-                &node,
-            )
+            .replace_status("node-a", &PostParams::default(), &node)
             .await
             .expect("node status");
     }

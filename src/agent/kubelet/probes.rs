@@ -773,4 +773,77 @@ mod tests {
         let closed = tcp_probe("127.0.0.1", port, Duration::from_secs(2)).await;
         assert!(matches!(closed, ProbeOutcome::Failure(_)), "{closed:?}");
     }
+
+    /// A plain HTTP/2 gRPC server on 127.0.0.1 answering `grpc.health.v1.Health/Check`:
+    /// service "" is SERVING, "down" is NOT_SERVING.
+    async fn grpc_health_server() -> u16 {
+        use http_body_util::BodyExt as _;
+        use prost::Message as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        |request: hyper::Request<hyper::body::Incoming>| async move {
+                            let body = request
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let asked =
+                                HealthCheckRequest::decode(body.get(5..).unwrap_or_default())
+                                    .unwrap_or_default();
+                            let status = if asked.service == "down" { 2 } else { 1 };
+                            let message = HealthCheckResponse { status }.encode_to_vec();
+                            let mut frame = vec![0u8];
+                            frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                            frame.extend_from_slice(&message);
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            let frames = vec![
+                                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                    hyper::body::Bytes::from(frame),
+                                )),
+                                Ok(hyper::body::Frame::trailers(trailers)),
+                            ];
+                            let body =
+                                http_body_util::StreamBody::new(futures::stream::iter(frames));
+                            hyper::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(body)
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn grpc_probe_checks_the_health_service() {
+        let port = grpc_health_server().await;
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let second = Duration::from_secs(2);
+        assert_eq!(grpc_probe(address, "", second).await, ProbeOutcome::Success);
+        assert_eq!(
+            grpc_probe(address, "down", second).await,
+            ProbeOutcome::Failure("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let closed = listener.local_addr().expect("addr");
+        drop(listener);
+        let outcome = grpc_probe(closed, "", second).await;
+        assert!(matches!(outcome, ProbeOutcome::Failure(_)), "{outcome:?}");
+    }
 }

@@ -100,7 +100,9 @@ pub async fn run_embedded(
     if node_ips.is_empty() {
         warn!("no --node-ip and no default route: the node has no InternalIP");
     }
+    let volumes = kubelet::volumes::VolumeManager::new(client.clone(), data.agent_pods());
     let kubelet = kubelet::Kubelet {
+        volumes,
         client,
         config: Arc::new(kubelet::KubeletConfig {
             node_name: config.node_name.clone(),

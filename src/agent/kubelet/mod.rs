@@ -18,12 +18,15 @@
 //! - Every loop runs under the shutdown token it was given and a span naming what it works on.
 
 pub mod backoff;
+pub mod env;
 pub mod lease;
 pub mod node;
 pub mod pod_worker;
 pub mod pods;
+pub mod probes;
 pub mod sandbox;
 pub mod status;
+pub mod volumes;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -84,6 +87,8 @@ pub struct Kubelet {
     pub config: Arc<KubeletConfig>,
     pub runtime: Runtime,
     pub images: ImageService,
+    /// The pods' volumes (configMaps, secrets, emptyDirs, …).
+    pub volumes: volumes::VolumeManager,
     /// The pod network; `None` runs every pod without one (only hostNetwork pods get a network).
     pub network: Option<Arc<dyn sandbox::PodNetworking>>,
     /// Set once the pod network is configured: the node is Ready from then on.

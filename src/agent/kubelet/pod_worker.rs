@@ -86,6 +86,8 @@ pub fn spawn(
                 failed: None,
                 last_written: None,
                 network_released: false,
+                volumes_ready: false,
+                volumes_refreshed: Instant::now(),
                 cancel: cancel.clone(),
             };
             worker.adopt(adopted);
@@ -126,6 +128,9 @@ struct Worker {
     failed: Option<(String, String)>,
     last_written: Option<PodStatus>,
     network_released: bool,
+    /// The pod's volumes are set up (once), and when they were last refreshed.
+    volumes_ready: bool,
+    volumes_refreshed: Instant,
     cancel: CancellationToken,
 }
 
@@ -258,6 +263,25 @@ impl Worker {
                     return Next::At(Instant::now() + RETRY);
                 }
             }
+        }
+        if !self.volumes_ready {
+            match self.kubelet.volumes.setup(&self.pod).await {
+                Ok(()) => {
+                    self.volumes_ready = true;
+                    self.volumes_refreshed = Instant::now();
+                }
+                Err(err) => {
+                    warn!(error = %err, "setting up the pod's volumes");
+                    self.write_status().await;
+                    return Next::At(Instant::now() + RETRY);
+                }
+            }
+        } else if self.volumes_refreshed.elapsed() >= RESYNC {
+            // configMap and secret contents follow updates while the pod runs.
+            if let Err(err) = self.kubelet.volumes.refresh(&self.pod).await {
+                debug!(error = %err, "refreshing the pod's volumes");
+            }
+            self.volumes_refreshed = Instant::now();
         }
         if let Some(at) = self.run_containers().await {
             next = next.min(at);
@@ -448,7 +472,43 @@ impl Worker {
         let Some(sandbox) = self.sandbox.clone() else {
             return Some(now + RETRY);
         };
-        let request = create_request(&self.pod, container, attempt, &image, &sandbox);
+        let pod_ip = sandbox.ip.to_string();
+        let host_ip = self.kubelet.host_ip().to_string();
+        let env = match super::env::container_env(
+            &self.kubelet.client,
+            &self.pod,
+            container,
+            Some(&pod_ip),
+            &host_ip,
+        )
+        .await
+        {
+            Ok(env) => env,
+            Err(err) => {
+                if let Some(slot) = self.slots.get_mut(&container.name) {
+                    slot.waiting = Some(("CreateContainerConfigError".into(), err.to_string()));
+                }
+                return Some(now + RETRY);
+            }
+        };
+        let volume_mounts = match self.kubelet.volumes.mounts(&self.pod, container) {
+            Ok(mounts) => mounts,
+            Err(err) => {
+                if let Some(slot) = self.slots.get_mut(&container.name) {
+                    slot.waiting = Some(("CreateContainerConfigError".into(), err.to_string()));
+                }
+                return Some(now + RETRY);
+            }
+        };
+        let (command, args) = super::env::expand_command(container, &env);
+        let inputs = Inputs {
+            env,
+            command,
+            args,
+            volume_mounts,
+        };
+        let slot = self.slots.entry(container.name.clone()).or_default();
+        let request = create_request(&self.pod, container, attempt, &image, &sandbox, inputs);
         let runtime = self.kubelet.runtime.clone();
         let id = match runtime.create(&request).await {
             Ok(id) => id,
@@ -600,6 +660,10 @@ impl Worker {
         });
         futures::future::join_all(stops).await;
         self.slots.clear();
+        if let Err(err) = self.kubelet.volumes.teardown(&self.uid).await {
+            warn!(error = %err, "removing the pod's volumes; retrying");
+            return Next::At(Instant::now() + RETRY);
+        }
         if let Err(err) = sandbox::remove(
             &self.uid,
             &self.kubelet.config.pods_root,
@@ -708,6 +772,14 @@ fn pull_policy(container: &Container) -> PullPolicy {
     }
 }
 
+/// What the inputs module resolved for one container.
+struct Inputs {
+    env: Vec<(String, String)>,
+    command: Vec<String>,
+    args: Vec<String>,
+    volume_mounts: Vec<crate::agent::runtime::container::spec::Mount>,
+}
+
 /// The runtime's request for one container of the pod.
 fn create_request(
     pod: &Pod,
@@ -715,29 +787,24 @@ fn create_request(
     attempt: u32,
     image: &crate::agent::runtime::image::Image,
     sandbox: &Sandbox,
+    inputs: Inputs,
 ) -> CreateRequest {
     let (namespace, name) = pod_name(pod);
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let spec = pod.spec.as_ref();
-    // Plain values only until the inputs module (valueFrom, envFrom, $(VAR)) is merged.
-    let env: Vec<(String, String)> = container
-        .env
-        .iter()
-        .flatten()
-        .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
-        .collect();
-    let own_paths: Vec<&str> = container
-        .volume_mounts
-        .iter()
-        .flatten()
-        .map(|m| m.mount_path.as_str())
-        .collect();
-    let mounts = sandbox
+    // The generated /etc files, unless a volume is mounted there.
+    let mut mounts: Vec<crate::agent::runtime::container::spec::Mount> = sandbox
         .mounts
         .iter()
-        .filter(|m| !own_paths.contains(&m.container_path.as_str()))
+        .filter(|m| {
+            !inputs
+                .volume_mounts
+                .iter()
+                .any(|v| v.container_path == m.container_path)
+        })
         .cloned()
         .collect();
+    mounts.extend(inputs.volume_mounts);
     let pod_security = spec.and_then(|s| s.security_context.as_ref());
     let security = container.security_context.as_ref();
     let capabilities = security.and_then(|s| s.capabilities.as_ref());
@@ -817,9 +884,9 @@ fn create_request(
             lower: image.rootfs.iter().rev().cloned().collect(),
         },
         spec: ContainerSpec {
-            command: container.command.clone().unwrap_or_default(),
-            args: container.args.clone().unwrap_or_default(),
-            env,
+            command: inputs.command,
+            args: inputs.args,
+            env: inputs.env,
             working_dir: container.working_dir.clone().filter(|w| !w.is_empty()),
             tty: container.tty.unwrap_or(false),
             security,

@@ -165,6 +165,9 @@ async fn remove_orphans(
                 warn!(container = %container.id, error = %err, "removing an orphaned container");
             }
         }
+        if let Err(err) = kubelet.volumes.teardown(&uid).await {
+            warn!(uid = %uid, error = %err, "removing an orphaned pod's volumes");
+        }
         if let Err(err) =
             sandbox::remove(&uid, &kubelet.config.pods_root, kubelet.network.as_deref()).await
         {
@@ -176,6 +179,10 @@ async fn remove_orphans(
         for entry in entries.flatten() {
             let uid = entry.file_name().to_string_lossy().into_owned();
             if !live.contains(&uid) {
+                if let Err(err) = kubelet.volumes.teardown(&uid).await {
+                    warn!(uid = %uid, error = %err, "removing an orphaned pod's volumes");
+                    continue;
+                }
                 if let Err(err) =
                     sandbox::remove(&uid, &kubelet.config.pods_root, kubelet.network.as_deref())
                         .await

@@ -434,6 +434,30 @@ fn the_node_registers_ready_and_runs_pods_through_their_life() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // Env from a configMap and the configMap as a volume (the inputs module, wired in).
+    node.kubectl_ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=greeting=hi-from-configmap",
+    ]);
+    node.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: inputs\nspec:\n  restartPolicy: Never\n  volumes:\n  - name: config\n    configMap:\n      name: settings\n  containers:\n  - name: main\n    image: {IMAGE}\n    command: [\"/bin/sh\", \"-c\", \"echo env=$GREETING file=$(cat /config/greeting)\"]\n    env:\n    - name: GREETING\n      valueFrom:\n        configMapKeyRef: {{name: settings, key: greeting}}\n    volumeMounts:\n    - {{name: config, mountPath: /config}}\n"
+    ));
+    node.wait_for(
+        "inputs Succeeded",
+        &["get", "pod", "inputs", "-o", "jsonpath={.status.phase}"],
+        |s| s == "Succeeded",
+    );
+    let inputs_uid = node.pod_field("inputs", "{.metadata.uid}");
+    let inputs_log = node
+        .logs()
+        .join(format!("default_inputs_{inputs_uid}/main/0.log"));
+    let text = fs::read_to_string(&inputs_log).unwrap_or_default();
+    if !text.contains("env=hi-from-configmap file=hi-from-configmap") {
+        node.fail(&format!("inputs log: {text:?}"));
+    }
+
     // A failing container with restartPolicy Never: Failed, Error, exit code 1.
     node.apply(&pod_yaml("fails", "Never", "exit 1"));
     node.wait_for(

@@ -139,7 +139,7 @@ fn the_server_starts_and_stops_cleanly_on_sigterm() {
     let config = write_config(
         dir.path(),
         &format!(
-            "debug: true\nbind-address: 127.0.0.1\nhttps-listen-port: {port}\nwrite-kubeconfig: {}\n",
+            "debug: true\ndisable-agent: true\nbind-address: 127.0.0.1\nhttps-listen-port: {port}\nwrite-kubeconfig: {}\n",
             kubeconfig.display()
         ),
     );

@@ -30,9 +30,10 @@ pub struct Cli {
 // Parsed once at start-up: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
 pub enum Command {
-    /// Run the control plane (API store; the API server and controllers are on the way)
+    /// Run the control plane and, unless --disable-agent, a node (the embedded agent)
     Server(ServerArgs),
-    /// Run a node that joins a server (not available in this build yet)
+    /// Run a node that joins a server (not available in this build yet: `cluster server` runs
+    /// its own node)
     Agent(AgentArgs),
     /// Print the version
     Version,
@@ -122,6 +123,91 @@ pub struct ServerArgs {
 
     #[command(flatten)]
     pub networking: NetworkingArgs,
+
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// Run only the control plane: no embedded agent, so this machine is not a node
+    #[arg(
+        long,
+        env = "CLUSTER_DISABLE_AGENT",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        help_heading = "Agent"
+    )]
+    pub disable_agent: bool,
+}
+
+/// The node this machine becomes: the agent's flags (the embedded agent of `cluster server`).
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Name of this node (default: the host name)
+    #[arg(
+        long,
+        env = "CLUSTER_NODE_NAME",
+        value_name = "NAME",
+        help_heading = "Agent"
+    )]
+    pub node_name: Option<String>,
+
+    /// Labels of this node when it registers, key=value (repeat or comma-separate)
+    #[arg(
+        long,
+        env = "CLUSTER_NODE_LABEL",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE",
+        help_heading = "Agent"
+    )]
+    pub node_label: Vec<String>,
+
+    /// Taints of this node when it registers, key=value:Effect (repeat or comma-separate)
+    #[arg(
+        long,
+        env = "CLUSTER_NODE_TAINT",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE:EFFECT",
+        help_heading = "Agent"
+    )]
+    pub node_taint: Vec<String>,
+
+    /// HTTPS port of the kubelet API (logs, exec, attach, port-forward)
+    #[arg(
+        long,
+        env = "CLUSTER_KUBELET_PORT",
+        default_value_t = 10250,
+        value_name = "PORT",
+        help_heading = "Agent"
+    )]
+    pub kubelet_port: u16,
+
+    /// Where container logs are written (<namespace>_<pod>_<uid>/<container>/<restart>.log)
+    #[arg(
+        long,
+        env = "CLUSTER_POD_LOGS_DIR",
+        default_value = "/var/log/pods",
+        value_name = "DIR",
+        help_heading = "Agent"
+    )]
+    pub pod_logs_dir: PathBuf,
+
+    /// Where the agent keeps state that must not survive a reboot (container state, sockets)
+    #[arg(
+        long,
+        env = "CLUSTER_AGENT_RUN_DIR",
+        default_value = "/run/cluster",
+        value_name = "DIR",
+        hide = true
+    )]
+    pub agent_run_dir: PathBuf,
+
+    /// IP address of the cluster DNS service, written into pods' /etc/resolv.conf
+    #[arg(
+        long,
+        env = "CLUSTER_CLUSTER_DNS",
+        default_value = "10.43.0.10",
+        value_name = "IP",
+        help_heading = "Agent"
+    )]
+    pub cluster_dns: std::net::IpAddr,
 }
 
 /// How the API server is reached and who may call it.

@@ -127,6 +127,102 @@ impl DataDir {
     pub fn agent_runtime(&self) -> PathBuf {
         self.agent().join("runtime")
     }
+
+    /// `<data-dir>/agent/pods`: one directory per pod (generated /etc files, volumes).
+    pub fn agent_pods(&self) -> PathBuf {
+        self.agent().join("pods")
+    }
+
+    /// `<data-dir>/agent/network`: the pod network's persisted IPAM.
+    pub fn agent_network(&self) -> PathBuf {
+        self.agent().join("network")
+    }
+}
+
+/// A taint of the node, as `--node-taint key=value:Effect` gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTaint {
+    pub key: String,
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    pub effect: String,
+}
+
+/// Resolved configuration of the node an agent runs (the embedded agent of `cluster server`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub data_dir: DataDir,
+    pub node_name: String,
+    /// `--node-ip` (empty: the address of the default route's interface).
+    pub node_ips: Vec<std::net::IpAddr>,
+    /// `--node-label`, in the order given.
+    pub labels: Vec<(String, String)>,
+    pub taints: Vec<NodeTaint>,
+    pub kubelet_port: u16,
+    pub pod_logs_dir: PathBuf,
+    /// `--agent-run-dir`: container state lives in `<run-dir>/containers`.
+    pub run_dir: PathBuf,
+    pub cluster_dns: std::net::IpAddr,
+    pub cluster_domain: String,
+    pub cluster_cidr: String,
+    /// The node runs a control plane (label node-role.kubernetes.io/control-plane).
+    pub control_plane: bool,
+    /// The registries file (mirrors, credentials, TLS).
+    pub private_registry: PathBuf,
+}
+
+/// Parses `--node-label` values (`key=value`; the value may be empty).
+pub fn parse_node_labels(values: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+    values
+        .iter()
+        .map(|text| text.trim())
+        .filter(|text| !text.is_empty())
+        .map(|text| match text.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+            _ => Err(ConfigError::Invalid(format!(
+                "invalid --node-label {text:?}: expected key=value"
+            ))),
+        })
+        .collect()
+}
+
+/// Parses `--node-taint` values (`key=value:Effect` or `key:Effect`), as the kubelet's
+/// `--register-with-taints` does.
+pub fn parse_node_taints(values: &[String]) -> Result<Vec<NodeTaint>, ConfigError> {
+    let mut taints = Vec::new();
+    for text in values.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        let bad = || {
+            ConfigError::Invalid(format!(
+                "invalid --node-taint {text:?}: expected key=value:Effect with Effect one of NoSchedule, PreferNoSchedule, NoExecute"
+            ))
+        };
+        let (head, effect) = text.rsplit_once(':').ok_or_else(bad)?;
+        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+            return Err(bad());
+        }
+        let (key, value) = match head.split_once('=') {
+            Some((key, value)) => (key, Some(value.to_string())),
+            None => (head, None),
+        };
+        if key.is_empty() {
+            return Err(bad());
+        }
+        taints.push(NodeTaint {
+            key: key.to_string(),
+            value,
+            effect: effect.to_string(),
+        });
+    }
+    Ok(taints)
+}
+
+/// The host name, as the kernel knows it (lower case, as node names must be).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Where the server keeps its objects.
@@ -169,6 +265,8 @@ pub struct ServerConfig {
     pub terminated_pod_gc_threshold: usize,
     /// This node's addresses (empty: detect).
     pub node_ips: Vec<std::net::IpAddr>,
+    /// The embedded agent; `None` with `--disable-agent`.
+    pub agent: Option<NodeConfig>,
 }
 
 /// How long the embedded store keeps history.
@@ -584,6 +682,11 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, ConfigError> {
             args.listener.write_kubeconfig_mode
         ))
     })?;
+    let agent = if args.disable_agent {
+        None
+    } else {
+        Some(node_config(&args)?)
+    };
     Ok(ServerConfig {
         data_dir: DataDir::new(&args.common.data_dir)?,
         datastore: datastore(args.datastore)?,
@@ -608,6 +711,32 @@ fn server_config(args: ServerArgs) -> Result<ServerConfig, ConfigError> {
         node_monitor_grace_period: parse_duration(&args.networking.node_monitor_grace_period)?,
         terminated_pod_gc_threshold: args.networking.terminated_pod_gc_threshold,
         node_ips: args.networking.node_ip,
+        agent,
+    })
+}
+
+/// The embedded agent's configuration from the server's flags.
+fn node_config(args: &ServerArgs) -> Result<NodeConfig, ConfigError> {
+    let node_name = match &args.node.node_name {
+        Some(name) if !name.trim().is_empty() => name.trim().to_string(),
+        _ => hostname(),
+    };
+    Ok(NodeConfig {
+        data_dir: DataDir::new(&args.common.data_dir)?,
+        node_name,
+        node_ips: args.networking.node_ip.clone(),
+        labels: parse_node_labels(&args.node.node_label)?,
+        taints: parse_node_taints(&args.node.node_taint)?,
+        kubelet_port: args.node.kubelet_port,
+        pod_logs_dir: std::path::absolute(&args.node.pod_logs_dir)
+            .unwrap_or_else(|_| args.node.pod_logs_dir.clone()),
+        run_dir: std::path::absolute(&args.node.agent_run_dir)
+            .unwrap_or_else(|_| args.node.agent_run_dir.clone()),
+        cluster_dns: args.node.cluster_dns,
+        cluster_domain: args.networking.cluster_domain.clone(),
+        cluster_cidr: args.networking.cluster_cidr.clone(),
+        control_plane: true,
+        private_registry: PathBuf::from(crate::cli::DEFAULT_PRIVATE_REGISTRY),
     })
 }
 
@@ -934,6 +1063,44 @@ mod tests {
             .server(&["--datastore-endpoint", "ftp://x"])
             .expect_err("bad scheme");
         assert!(err.to_string().contains("ftp://x"), "{err}");
+    }
+
+    #[test]
+    fn the_server_runs_an_agent_unless_disabled() {
+        let _env = env_lock();
+        let fixture = Fixture::new("node-label: [a=b, c=]\nnode-taint: k=v:NoSchedule\n");
+        let config = fixture
+            .server(&["--node-name", "edge-1", "--kubelet-port", "10350"])
+            .expect("resolve");
+        let agent = config.agent.expect("an embedded agent by default");
+        assert_eq!(agent.node_name, "edge-1");
+        assert_eq!(agent.kubelet_port, 10350);
+        assert_eq!(
+            agent.labels,
+            [("a".into(), "b".into()), ("c".into(), String::new())]
+        );
+        assert_eq!(
+            agent.taints,
+            [NodeTaint {
+                key: "k".into(),
+                value: Some("v".into()),
+                effect: "NoSchedule".into()
+            }]
+        );
+        assert_eq!(agent.pod_logs_dir, Path::new("/var/log/pods"));
+        assert_eq!(agent.run_dir, Path::new("/run/cluster"));
+        assert_eq!(agent.cluster_dns.to_string(), "10.43.0.10");
+        assert!(agent.control_plane);
+        let config = fixture.server(&["--disable-agent"]).expect("resolve");
+        assert!(config.agent.is_none());
+        let err = fixture
+            .server(&["--node-taint", "k=v:Sometimes"])
+            .expect_err("bad effect");
+        assert!(err.to_string().contains("--node-taint"), "{err}");
+        let err = fixture
+            .server(&["--node-label", "novalue"])
+            .expect_err("bad label");
+        assert!(err.to_string().contains("--node-label"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! # Caveats
 //! - The store, the API server, the leader-elected controller manager and the leader-elected
-//!   scheduler run.
+//!   scheduler run, and the embedded agent unless `--disable-agent` ([`crate::agent`]: the
+//!   server only starts it with an in-process client; it never touches containers itself).
 
 pub mod apiserver;
 pub mod controllers;
@@ -252,6 +253,7 @@ async fn control_plane(
         .map_err(ServerError::Api)?;
     let loops = start_control_loops(config, &state, &pki, port, advertise, &shutdown);
     let scheduler = start_scheduler(&state, &shutdown);
+    let agent = start_agent(config, &state, &shutdown);
     let tls = pki.server_tls_config().map_err(ServerError::Pki)?;
     let kubeconfig = pki.admin_kubeconfig(&format!("https://127.0.0.1:{port}"));
     write_kubeconfig(
@@ -272,7 +274,44 @@ async fn control_plane(
     {
         warn!(grace = ?SHUTDOWN_GRACE, "the scheduler did not stop in time");
     }
+    if let Some(agent) = agent {
+        if tokio::time::timeout(SHUTDOWN_GRACE, agent).await.is_err() {
+            warn!(grace = ?SHUTDOWN_GRACE, "the agent did not stop in time");
+        }
+    }
     Ok(())
+}
+
+/// Starts the embedded agent (unless `--disable-agent`) on an in-process client acting as the
+/// node (`system:node:<name>`). An agent that cannot start is logged; the control plane keeps
+/// serving.
+fn start_agent(
+    config: &ServerConfig,
+    state: &Arc<ApiState>,
+    shutdown: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let node = config.agent.clone()?;
+    let user = UserInfo {
+        name: format!("system:node:{}", node.node_name),
+        // RBAC does not exist yet: the node is also a superuser until the Node authorizer does.
+        groups: vec![
+            "system:nodes".into(),
+            "system:masters".into(),
+            "system:authenticated".into(),
+        ],
+        uid: None,
+    };
+    let client = apiserver::in_process_client(Arc::clone(state), user);
+    let token = shutdown.child_token();
+    let span = info_span!("agent", node = %node.node_name);
+    Some(tokio::spawn(
+        async move {
+            if let Err(err) = crate::agent::run_embedded(node, client, token).await {
+                tracing::error!(error = %err, "the embedded agent failed; this server runs no pods (use --disable-agent to run only the control plane)");
+            }
+        }
+        .instrument(span),
+    ))
 }
 
 /// Starts the leader-elected control loops on an in-process client of the API server.
@@ -353,11 +392,7 @@ fn start_scheduler(
 
 /// The host name, as the kernel knows it.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    crate::config::hostname()
 }
 
 /// The source address of the default route. Connecting a UDP socket only asks the kernel for a

@@ -1,6 +1,10 @@
 //! A real `cluster server` for tests: the built binary, a fresh data directory, a free loopback
 //! port, the admin kubeconfig in the temp dir; stopped (SIGTERM, then SIGKILL) on drop, also
 //! when the test panics.
+//!
+//! Servers run with `--disable-agent` (tests use hollow nodes and must not see a real node),
+//! unless started with [`TestServer::start_with_agent`], which runs the embedded agent, usually
+//! inside a network namespace the test made (see [`AgentOptions`]).
 
 #![allow(dead_code)]
 
@@ -15,6 +19,21 @@ pub struct TestServer {
     pub kubeconfig: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Where the API server is reached (127.0.0.1 unless it runs in another namespace).
+    address: String,
+    /// Runs the server through this command (e.g. `nsenter --net=…`).
+    wrapper: Vec<String>,
+}
+
+/// How to run a server with its embedded agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// The address the server listens on and is reached at (default 127.0.0.1).
+    pub address: Option<String>,
+    /// A command prefix for the server, e.g. `["nsenter", "--net=/run/netns/x"]`.
+    pub wrapper: Vec<String>,
+    /// Extra flags (agent flags: --node-name, --kubelet-port, --pod-logs-dir, …).
+    pub args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -38,7 +57,32 @@ impl TestServer {
             kubeconfig: dir.path().join("kubeconfig.yaml"),
             dir,
             child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: std::iter::once("--disable-agent".to_string())
+                .chain(extra.iter().map(|s| s.to_string()))
+                .collect(),
+            address: "127.0.0.1".into(),
+            wrapper: Vec::new(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server that runs its embedded agent (this machine, or the network namespace
+    /// the wrapper enters, becomes a node).
+    pub fn start_with_agent(options: AgentOptions) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("cluster-test-node")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::write(dir.path().join("config.yaml"), "{}\n").expect("config file");
+        let mut server = TestServer {
+            port: free_port(),
+            kubeconfig: dir.path().join("kubeconfig.yaml"),
+            dir,
+            child: None,
+            extra: options.args,
+            address: options.address.unwrap_or_else(|| "127.0.0.1".into()),
+            wrapper: options.wrapper,
         };
         server.spawn();
         server
@@ -49,15 +93,27 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_cluster"))
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log file");
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_cluster"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_cluster")),
+        };
+        let child = command
             .arg("server")
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .arg("--https-listen-port")
             .arg(self.port.to_string())
             .arg("--bind-address")
-            .arg("127.0.0.1")
+            .arg(&self.address)
             .arg("--write-kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--config")
@@ -106,7 +162,7 @@ impl TestServer {
     }
 
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.address, self.port)
     }
 
     pub fn log(&self) -> String {
@@ -128,6 +184,7 @@ impl TestServer {
                     .output();
                 if let Ok(out) = out {
                     if out.status.success() && out.stdout == b"ok" {
+                        self.point_kubeconfig_at_address();
                         return;
                     }
                 }
@@ -137,6 +194,22 @@ impl TestServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The server writes a kubeconfig for 127.0.0.1; a server in another network namespace is
+    /// reached at its own address instead.
+    fn point_kubeconfig_at_address(&self) {
+        if self.address == "127.0.0.1" {
+            return;
+        }
+        let text = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        let local = format!("https://127.0.0.1:{}", self.port);
+        std::fs::write(&self.kubeconfig, text.replace(&local, &self.url())).expect("kubeconfig");
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// A kube-rs client with the admin kubeconfig.

@@ -4,6 +4,7 @@
 //! and DNS modules will live here; they talk to the API like any client and must never reach
 //! the store.
 
+pub mod kubelet;
 pub mod network;
 pub mod runtime;
 

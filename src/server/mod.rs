@@ -238,6 +238,8 @@ async fn control_plane(
     )
     .await
     .map_err(ServerError::Api)?;
+    // pods/log, exec, port-forward and nodes/proxy dial kubelets with this certificate.
+    state.set_kubelet_client_tls(pki.kubelet_client_tls_config().map_err(ServerError::Pki)?);
     if let Some(cidr) = apiserver::allocators::Cidr::parse(&config.service_cidr) {
         state.set_service_ranges(apiserver::allocators::ServiceRanges {
             cidr,

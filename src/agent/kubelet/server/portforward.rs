@@ -1,4 +1,4 @@
-//! `/portForward/{namespace}/{pod}?port=P[&port=Q…]` over WebSocket, as the kubelet's
+//! `/portForward/{namespace}/{pod}?port=P[&port=Q…]` (or `ports=`) over WebSocket, as the kubelet's
 //! WebSocket port forwarding (subprotocol `v4.channel.k8s.io`).
 //!
 //! For the i-th requested port, channel `2i` carries data and `2i+1` errors; the kubelet first
@@ -131,18 +131,22 @@ pub(crate) async fn port_forward(
         Err(response) => return response,
     };
     let mut ports = Vec::new();
+    // The kubelet reads `port`; the API server's pods/portforward takes `ports` (a list, as
+    // kubectl sends it): both are accepted, comma-separated values too.
     for (key, value) in &query {
-        if key != "port" {
+        if key != "port" && key != "ports" {
             continue;
         }
-        match value.parse::<u16>() {
-            Ok(port) if port > 0 => ports.push(port),
-            _ => {
-                return status_response(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    &format!("invalid port {value:?}"),
-                )
+        for value in value.split(',') {
+            match value.trim().parse::<u16>() {
+                Ok(port) if port > 0 => ports.push(port),
+                _ => {
+                    return status_response(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        &format!("invalid port {value:?}"),
+                    )
+                }
             }
         }
     }

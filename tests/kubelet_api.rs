@@ -513,3 +513,185 @@ async fn port_forward_reaches_a_listener_in_the_pods_network_namespace() {
     drop(t);
     drop(netns);
 }
+
+/// Copies the TLS directory of a running server, so that the test can issue kubelet
+/// certificates from its CA without touching the server's own files.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read tls dir").flatten() {
+        if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+/// A kubelet for `server`'s cluster on 127.0.0.1, registered as Node `node`.
+async fn kubelet_for_server(
+    server: &support::server::TestServer,
+    runtime: Runtime,
+    node: &str,
+) -> (Kubelet, kube::Client) {
+    let tls_dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(
+        &server.dir.path().join("data/server/tls"),
+        &tls_dir.path().join("tls"),
+    );
+    let pki = Pki::load_or_create(&PkiOptions {
+        tls_dir: tls_dir.path().join("tls"),
+        sans: Vec::new(),
+        cluster_domain: "cluster.local".into(),
+        service_ip: "10.43.0.1".parse().expect("ip"),
+        node_ips: vec!["127.0.0.1".parse().expect("ip")],
+        hostname: node.into(),
+    })
+    .expect("pki from the server's CA");
+    let tls = pki
+        .kubelet_server_tls_config(node, &["127.0.0.1".parse().expect("ip")])
+        .expect("kubelet tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    tokio::spawn(serve_on(listener, tls, runtime, stop.clone()));
+    let client = server.client().await;
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let object: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+    }))
+    .expect("node");
+    nodes
+        .create(&Default::default(), &object)
+        .await
+        .expect("create node");
+    let status = serde_json::json!({"status": {
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": addr.port()}},
+    }});
+    nodes
+        .patch_status(
+            node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&status),
+        )
+        .await
+        .expect("node status");
+    (
+        Kubelet {
+            addr,
+            pki,
+            stop,
+            _tls_dir: tls_dir,
+        },
+        client,
+    )
+}
+
+async fn create_pod(client: &kube::Client, name: &str, containers: &[&str], node: &str) {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), "default");
+    let containers: Vec<serde_json::Value> = containers
+        .iter()
+        .map(|c| serde_json::json!({"name": c, "image": "busybox"}))
+        .collect();
+    let pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeName": node, "containers": containers},
+    }))
+    .expect("pod");
+    pods.create(&Default::default(), &pod)
+        .await
+        .expect("create pod");
+}
+
+// Multi-threaded: kubectl runs as a blocking child process while the kubelet serves in-process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_and_exec_reach_the_kubelet_through_the_api_server() {
+    if !require_root("kubectl_logs_and_exec_reach_the_kubelet_through_the_api_server") {
+        return;
+    }
+    let kubectls = support::server::kubectls(&[29, 33]);
+    let t = TestRuntime::new();
+    // The runtime's pod is default/test: the Pod object below has the same name.
+    let request = t.request(
+        "app",
+        &["/bin/sh", "-c", "echo hello-from-app; exec sleep 1000"],
+    );
+    let id = t.runtime.create(&request).await.expect("create");
+    t.runtime.start(&id).await.expect("start");
+    let server = support::server::TestServer::start();
+    let (kubelet, client) = kubelet_for_server(&server, t.runtime.clone(), "kubelet-node").await;
+    create_pod(&client, &t.pod.name, &["app"], "kubelet-node").await;
+    create_pod(&client, "two", &["a", "b"], "kubelet-node").await;
+
+    // kubectl picks a container itself; the API's own answer when none is named:
+    let request = http::Request::get("/api/v1/namespaces/default/pods/two/log")
+        .body(Vec::new())
+        .expect("request");
+    match client.request_text(request).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 400, "{status:?}");
+            assert_eq!(
+                status.message,
+                "a container name must be specified for pod two, choose one of: [a b]"
+            );
+        }
+        other => panic!("expected a 400 naming the containers, got {other:?}"),
+    }
+    for kubectl in kubectls.iter().filter(|k| k.ends_with("kubectl.1.33")) {
+        // The log is there once the shim has written the first line.
+        let deadline = tokio::time::Instant::now() + LONG;
+        loop {
+            let out = server.kubectl(kubectl, &["logs", "test"]);
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && stdout == "hello-from-app\n" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "kubectl logs: {stdout:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let out = server.kubectl(
+            kubectl,
+            &["logs", "test", "-c", "app", "--tail=1", "--timestamps"],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.ends_with(" hello-from-app\n"), "{stdout:?}");
+
+        let out = server.kubectl(
+            kubectl,
+            &["exec", "test", "--", "sh", "-c", "echo out; exit 4"],
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let out = server.kubectl_with(
+            kubectl,
+            &["exec", "-i", "test", "--", "cat"],
+            Some("piped in\n"),
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "piped in\n");
+    }
+    // kubectl 1.29 speaks only SPDY to exec: it is told which versions work.
+    for kubectl in kubectls.iter().filter(|k| k.ends_with("kubectl.1.29")) {
+        let out = server.kubectl(kubectl, &["exec", "test", "--", "true"]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("kubectl 1.30"), "{stderr}");
+    }
+    drop(kubelet);
+}

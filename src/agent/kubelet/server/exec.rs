@@ -84,15 +84,15 @@ pub(crate) fn negotiate(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     protocols: &'static [&'static str],
     unsupported: &str,
-) -> Result<(WebSocketUpgrade, String), Response> {
+) -> Result<(WebSocketUpgrade, String), Box<Response>> {
     let ws = match ws {
         Ok(ws) => ws,
         Err(_) => {
-            return Err(status_response(
+            return Err(Box::new(status_response(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
                 unsupported,
-            ))
+            )))
         }
     };
     let ws = ws.protocols(protocols.iter().copied());
@@ -101,11 +101,11 @@ pub(crate) fn negotiate(
         .and_then(|p| p.to_str().ok())
         .map(str::to_owned)
     else {
-        return Err(status_response(
+        return Err(Box::new(status_response(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             unsupported,
-        ));
+        )));
     };
     Ok((ws, selected))
 }
@@ -119,7 +119,7 @@ pub(crate) async fn exec(
 ) -> Response {
     let (ws, protocol) = match negotiate(ws, &[PROTOCOL_V5, PROTOCOL_V4], SPDY_UNSUPPORTED) {
         Ok(ok) => ok,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let options = ExecOptions::parse(&query);
     if options.command.is_empty() {
@@ -293,10 +293,8 @@ async fn run_exec(
                 RESIZE => {
                     debug!(size = %String::from_utf8_lossy(payload), "terminal resize not applied: the exec helper has no resize channel");
                 }
-                CLOSE if v5 => {
-                    if payload.first() == Some(&STDIN) {
-                        stdin = None;
-                    }
+                CLOSE if v5 && payload.first() == Some(&STDIN) => {
+                    stdin = None;
                 }
                 _ => {}
             }

@@ -128,7 +128,7 @@ pub(crate) async fn port_forward(
 ) -> Response {
     let (ws, _protocol) = match negotiate(ws, &[PROTOCOL_V4], PORT_FORWARD_UNSUPPORTED) {
         Ok(ok) => ok,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut ports = Vec::new();
     // The kubelet reads `port`; the API server's pods/portforward takes `ports` (a list, as

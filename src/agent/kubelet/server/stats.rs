@@ -22,6 +22,11 @@ use crate::agent::runtime::container::State as ContainerState;
 /// Nanoseconds per `USER_HZ` tick of `/proc/stat` (100 Hz on every Linux architecture).
 const NANOS_PER_TICK: u64 = 10_000_000;
 
+/// (namespace, name, uid).
+type PodKey = (String, String, String);
+/// (containers, cpu, memory usage, working set).
+type PodSums = (Vec<Value>, u64, u64, u64);
+
 /// The handler.
 pub(crate) async fn summary(State(state): State<ServerState>) -> Response {
     let containers = match state.runtime.list().await {
@@ -35,8 +40,7 @@ pub(crate) async fn summary(State(state): State<ServerState>) -> Response {
         }
     };
     let now = jiff::Timestamp::now().to_string();
-    // (namespace, name, uid) → (containers, cpu, usage, working set)
-    let mut pods: BTreeMap<(String, String, String), (Vec<Value>, u64, u64, u64)> = BTreeMap::new();
+    let mut pods: BTreeMap<PodKey, PodSums> = BTreeMap::new();
     for c in containers
         .iter()
         .filter(|c| c.state == ContainerState::Running)

@@ -408,6 +408,28 @@ async fn exec_over_websocket_with_and_without_tty_reports_the_exit_code() {
     assert!(session.stdout.starts_with("/dev/pts/"), "{session:?}");
     let status: serde_json::Value = serde_json::from_str(&session.error).expect("status json");
     assert_eq!(status["status"], "Success", "{status}");
+
+    // Resize: the size sent on channel 4 is the terminal's when the command reads it (the
+    // command waits for a line on stdin, which is sent after the resize).
+    let command = query_command(&["/bin/sh", "-c", "read line; stty size"]);
+    let (mut ws, _) = kubelet
+        .websocket(
+            &format!("{base}?{command}&stdin=true&stdout=true&tty=true"),
+            "v5.channel.k8s.io",
+        )
+        .await;
+    ws.send(Message::Binary(Bytes::from_static(
+        b"\x04{\"Width\":123,\"Height\":45}",
+    )))
+    .await
+    .expect("resize");
+    ws.send(Message::Binary(Bytes::from_static(b"\x00go\r")))
+        .await
+        .expect("stdin");
+    let session = collect_session(&mut ws).await;
+    assert!(session.stdout.contains("45 123"), "{session:?}");
+    let status: serde_json::Value = serde_json::from_str(&session.error).expect("status json");
+    assert_eq!(status["status"], "Success", "{status}");
 }
 
 /// A network namespace at /run/netns/cluster-<uid>, removed on drop.

@@ -11,9 +11,10 @@
 //! Owns the WebSocket session and the relay to [`Runtime::exec`]; must not touch the
 //! container otherwise.
 //!
+//! Resize messages (`{"Width":…,"Height":…}`) are applied to the exec's terminal through the
+//! runtime's [`ResizeHandle`](crate::agent::runtime::container::exec::ResizeHandle).
+//!
 //! # Caveats
-//! - Resize messages are parsed but not applied yet: the runtime's exec helper has no resize
-//!   channel. A `-it` session keeps the terminal's initial size (the helper's default).
 //! - `/attach` answers 501: the shim does not expose a running container's stdio yet.
 
 use std::collections::HashMap;
@@ -46,6 +47,15 @@ pub const CLOSE: u8 = 255;
 
 /// The message a client that cannot speak WebSocket streaming gets.
 pub const SPDY_UNSUPPORTED: &str = "this cluster serves exec, attach and port-forward only over WebSockets (subprotocols v5.channel.k8s.io / v4.channel.k8s.io; SPDY/3.1+portforward.k8s.io for port-forward): use kubectl 1.30 or newer for exec and attach, 1.31 or newer for port-forward; SPDY is not supported";
+
+/// A resize message (channel 4), as kubectl sends it.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+struct TerminalSize {
+    #[serde(rename = "Width")]
+    width: u16,
+    #[serde(rename = "Height")]
+    height: u16,
+}
 
 /// What an exec asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -266,6 +276,7 @@ async fn run_exec(
         None
     };
     let v5 = protocol == PROTOCOL_V5;
+    let resizer = process.resizer();
     let shutdown = state.shutdown.clone();
     let reader = tokio::spawn(async move {
         loop {
@@ -291,7 +302,16 @@ async fn run_exec(
                     }
                 }
                 RESIZE => {
-                    debug!(size = %String::from_utf8_lossy(payload), "terminal resize not applied: the exec helper has no resize channel");
+                    let size: Result<TerminalSize, _> = serde_json::from_slice(payload);
+                    match (size, resizer.as_ref()) {
+                        (Ok(size), Some(resizer)) => {
+                            if let Err(err) = resizer.resize(size.width, size.height).await {
+                                debug!(error = %err, "terminal resize failed");
+                            }
+                        }
+                        (Err(err), _) => debug!(error = %err, "bad resize message"),
+                        (Ok(_), None) => {}
+                    }
                 }
                 CLOSE if v5 && payload.first() == Some(&STDIN) => {
                     stdin = None;

@@ -151,8 +151,26 @@ impl Kubelet {
         tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
         String,
     ) {
-        let stream = self.tls(As::ApiServer).await;
-        let mut request = format!("wss://127.0.0.1:{}{path}", self.addr.port())
+        self.websocket_to(self.addr, path, protocols).await
+    }
+
+    /// Opens a WebSocket to `addr` (the kubelet, or the API server) with the API server's
+    /// kubelet client certificate (`system:masters`, so the API server accepts it too).
+    async fn websocket_to(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        protocols: &str,
+    ) -> (
+        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        String,
+    ) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let stream = tokio_rustls::TlsConnector::from(self.client_config(As::ApiServer))
+            .connect(ServerName::try_from("127.0.0.1").expect("name"), tcp)
+            .await
+            .expect("tls handshake");
+        let mut request = format!("wss://127.0.0.1:{}{path}", addr.port())
             .into_client_request()
             .expect("ws request");
         request
@@ -470,66 +488,12 @@ async fn port_forward_reaches_a_listener_in_the_pods_network_namespace() {
     }
     let t = TestRuntime::new();
     let netns = Netns::create(&t.pod.uid);
-    let mut request = t.request(
-        "web",
-        &[
-            "/bin/sh",
-            "-c",
-            "mkdir -p /tmp/www && echo hello-from-the-pod > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
-        ],
-    );
-    request.spec.namespaces.network = Some(format!("/run/netns/{}", netns.0).into());
-    let id = t.runtime.create(&request).await.expect("create");
-    t.runtime.start(&id).await.expect("start");
+    start_web_pod(&t, &netns).await;
     let kubelet = start_kubelet(t.runtime.clone()).await;
     let path = format!("/portForward/{}/{}?port=8080", t.pod.namespace, t.pod.name);
 
     // Nothing listens on the host's 8080 for this test: the answer can only come from the pod.
-    let deadline = tokio::time::Instant::now() + LONG;
-    let reply = loop {
-        let (mut ws, protocol) = kubelet.websocket(&path, "v4.channel.k8s.io").await;
-        assert_eq!(protocol, "v4.channel.k8s.io");
-        ws.send(Message::Binary(Bytes::from_static(
-            b"\x00GET /index.html HTTP/1.0\r\n\r\n",
-        )))
-        .await
-        .expect("send request");
-        let mut data = Vec::new();
-        let mut error = Vec::new();
-        let mut prefixes = 0;
-        while let Ok(Some(Ok(message))) = tokio::time::timeout(LONG, ws.next()).await {
-            let Message::Binary(bytes) = message else {
-                if let Message::Close(_) = message {
-                    break;
-                }
-                continue;
-            };
-            let Some((&channel, payload)) = bytes.split_first() else {
-                continue;
-            };
-            // The first message of each channel is the port, little endian.
-            if prefixes < 2 {
-                assert_eq!(payload, 8080u16.to_le_bytes(), "channel {channel}");
-                prefixes += 1;
-                continue;
-            }
-            match channel {
-                0 => data.extend_from_slice(payload),
-                1 => error.extend_from_slice(payload),
-                other => panic!("unexpected channel {other}"),
-            }
-        }
-        let text = String::from_utf8_lossy(&data).into_owned();
-        if text.contains("hello-from-the-pod") {
-            break text;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no answer from the pod: data {text:?}, error {:?}",
-            String::from_utf8_lossy(&error)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let reply = fetch_through_port_forward(&kubelet, kubelet.addr, &path).await;
     assert!(reply.starts_with("HTTP/1."), "{reply}");
     drop(kubelet);
     drop(t);
@@ -716,4 +680,93 @@ async fn kubectl_logs_and_exec_reach_the_kubelet_through_the_api_server() {
         assert!(stderr.contains("kubectl 1.30"), "{stderr}");
     }
     drop(kubelet);
+}
+
+/// Sends an HTTP request through a WebSocket port-forward of port 8080 at `addr` + `path`
+/// until the pod's web server answers; returns the answer.
+async fn fetch_through_port_forward(kubelet: &Kubelet, addr: SocketAddr, path: &str) -> String {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let (mut ws, protocol) = kubelet.websocket_to(addr, path, "v4.channel.k8s.io").await;
+        assert_eq!(protocol, "v4.channel.k8s.io");
+        ws.send(Message::Binary(Bytes::from_static(
+            b"\x00GET /index.html HTTP/1.0\r\n\r\n",
+        )))
+        .await
+        .expect("send request");
+        let mut data = Vec::new();
+        let mut error = Vec::new();
+        let mut prefixes = 0;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(LONG, ws.next()).await {
+            let Message::Binary(bytes) = message else {
+                if let Message::Close(_) = message {
+                    break;
+                }
+                continue;
+            };
+            let Some((&channel, payload)) = bytes.split_first() else {
+                continue;
+            };
+            // The first message of each channel is the port, little endian.
+            if prefixes < 2 {
+                assert_eq!(payload, 8080u16.to_le_bytes(), "channel {channel}");
+                prefixes += 1;
+                continue;
+            }
+            match channel {
+                0 => data.extend_from_slice(payload),
+                1 => error.extend_from_slice(payload),
+                other => panic!("unexpected channel {other}"),
+            }
+        }
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if text.contains("hello-from-the-pod") {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no answer from the pod: data {text:?}, error {:?}",
+            String::from_utf8_lossy(&error)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn start_web_pod(t: &TestRuntime, netns: &Netns) {
+    let mut request = t.request(
+        "web",
+        &[
+            "/bin/sh",
+            "-c",
+            "mkdir -p /tmp/www && echo hello-from-the-pod > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
+        ],
+    );
+    request.spec.namespaces.network = Some(format!("/run/netns/{}", netns.0).into());
+    let id = t.runtime.create(&request).await.expect("create");
+    t.runtime.start(&id).await.expect("start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_through_the_api_server_is_relayed_to_the_kubelet() {
+    if !require_root("port_forward_through_the_api_server_is_relayed_to_the_kubelet") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let netns = Netns::create(&t.pod.uid);
+    start_web_pod(&t, &netns).await;
+    let server = support::server::TestServer::start();
+    let (kubelet, client) = kubelet_for_server(&server, t.runtime.clone(), "pf-node").await;
+    create_pod(&client, &t.pod.name, &["web"], "pf-node").await;
+    let api: SocketAddr = ([127, 0, 0, 1], server.port).into();
+    // As kubectl names it: `ports`.
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{}/portforward?ports=8080",
+        t.pod.namespace, t.pod.name
+    );
+    let reply = fetch_through_port_forward(&kubelet, api, &path).await;
+    assert!(reply.starts_with("HTTP/1."), "{reply}");
+    drop(kubelet);
+    drop(server);
+    drop(t);
+    drop(netns);
 }

@@ -434,6 +434,31 @@ fn the_node_registers_ready_and_runs_pods_through_their_life() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // The kubelet API through the API server: logs and exec (kubectl speaks WebSocket).
+    let logs = node.kubectl_ok(&["logs", "sleeper"]);
+    assert_eq!(logs.trim(), "started", "kubectl logs");
+    let out = node.server().kubectl_with(
+        &kubectl_binary(),
+        &[
+            "exec",
+            "-i",
+            "sleeper",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got $line; exit 3",
+        ],
+        Some("hello\n"),
+        &[],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "got hello",
+        "kubectl exec -i: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "exec exit code");
+
     // Env from a configMap and the configMap as a volume (the inputs module, wired in).
     node.kubectl_ok(&[
         "create",

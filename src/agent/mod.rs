@@ -65,6 +65,7 @@ fn create_dir(path: &std::path::Path) -> Result<(), AgentError> {
 pub async fn run_embedded(
     config: NodeConfig,
     client: kube::Client,
+    kubelet_tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     info!(node = %config.node_name, "starting agent");
@@ -99,6 +100,20 @@ pub async fn run_embedded(
     };
     if node_ips.is_empty() {
         warn!("no --node-ip and no default route: the node has no InternalIP");
+    }
+    if let Some(tls) = kubelet_tls {
+        let server_config = kubelet::server::KubeletServerConfig {
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], config.kubelet_port)),
+            tls,
+        };
+        let api_runtime = runtime.clone();
+        let api_shutdown = shutdown.child_token();
+        tokio::spawn(async move {
+            if let Err(err) = kubelet::server::serve(server_config, api_runtime, api_shutdown).await
+            {
+                tracing::error!(error = %err, "the kubelet API stopped");
+            }
+        });
     }
     let volumes = kubelet::volumes::VolumeManager::new(client.clone(), data.agent_pods());
     let kubelet = kubelet::Kubelet {

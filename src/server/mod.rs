@@ -239,6 +239,8 @@ async fn control_plane(
     )
     .await
     .map_err(ServerError::Api)?;
+    // pods/log, exec, port-forward and nodes/proxy dial kubelets with this certificate.
+    state.set_kubelet_client_tls(pki.kubelet_client_tls_config().map_err(ServerError::Pki)?);
     if let Some(cidr) = apiserver::allocators::Cidr::parse(&config.service_cidr) {
         state.set_service_ranges(apiserver::allocators::ServiceRanges {
             cidr,
@@ -253,7 +255,7 @@ async fn control_plane(
         .map_err(ServerError::Api)?;
     let loops = start_control_loops(config, &state, &pki, port, advertise, &shutdown);
     let scheduler = start_scheduler(&state, &shutdown);
-    let agent = start_agent(config, &state, &shutdown);
+    let agent = start_agent(config, &state, &pki, &node_ips, &shutdown);
     let tls = pki.server_tls_config().map_err(ServerError::Pki)?;
     let kubeconfig = pki.admin_kubeconfig(&format!("https://127.0.0.1:{port}"));
     write_kubeconfig(
@@ -288,9 +290,20 @@ async fn control_plane(
 fn start_agent(
     config: &ServerConfig,
     state: &Arc<ApiState>,
+    pki: &Pki,
+    node_ips: &[std::net::IpAddr],
     shutdown: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let node = config.agent.clone()?;
+    // The kubelet API's serving certificate; without it the node runs pods but serves no
+    // logs/exec/port-forward.
+    let kubelet_tls = match pki.kubelet_server_tls_config(&node.node_name, node_ips) {
+        Ok(tls) => Some(tls),
+        Err(err) => {
+            tracing::error!(error = %err, "no kubelet serving certificate: the kubelet API stays off");
+            None
+        }
+    };
     let user = UserInfo {
         name: format!("system:node:{}", node.node_name),
         // RBAC does not exist yet: the node is also a superuser until the Node authorizer does.
@@ -306,7 +319,7 @@ fn start_agent(
     let span = info_span!("agent", node = %node.node_name);
     Some(tokio::spawn(
         async move {
-            if let Err(err) = crate::agent::run_embedded(node, client, token).await {
+            if let Err(err) = crate::agent::run_embedded(node, client, kubelet_tls, token).await {
                 tracing::error!(error = %err, "the embedded agent failed; this server runs no pods (use --disable-agent to run only the control plane)");
             }
         }

@@ -12,6 +12,8 @@
 //! | `server-ca.crt`, `server-ca.key`                    | ECDSA P-256 CA, 10 years                |
 //! | `serving-kube-apiserver.crt`, `…key`                | API serving certificate, 1 year         |
 //! | `client-admin.crt`, `client-admin.key`              | `system:admin` / `system:masters`       |
+//! | `client-kube-apiserver-kubelet.crt`, `…key`         | API server → kubelet client certificate |
+//! | `serving-kubelet-<node>.crt`, `…key`                | a node's kubelet serving certificate    |
 //!
 //! # Guarantees
 //! - The CA is created once and never replaced: a restart reuses it byte for byte, so issued
@@ -61,6 +63,13 @@ pub const SERVING_KEY_FILE: &str = "serving-kube-apiserver.key";
 pub const ADMIN_CERT_FILE: &str = "client-admin.crt";
 /// Admin client key file name.
 pub const ADMIN_KEY_FILE: &str = "client-admin.key";
+
+/// API server → kubelet client certificate file name.
+pub const KUBELET_CLIENT_CERT_FILE: &str = "client-kube-apiserver-kubelet.crt";
+/// API server → kubelet client key file name.
+pub const KUBELET_CLIENT_KEY_FILE: &str = "client-kube-apiserver-kubelet.key";
+/// User name of the API server's client certificate towards kubelets (as kubeadm).
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 /// Common name of the API serving certificate (as k3s).
 pub const SERVING_COMMON_NAME: &str = "kube-apiserver";
@@ -333,6 +342,135 @@ impl Pki {
         sign_leaf(&params, &self.issuer, "client certificate")
     }
 
+    /// The kubelet serving certificate of `node_name` (PEM certificate and key), loaded from
+    /// `serving-kubelet-<node>.crt`/`.key` or issued from the CA: SANs are the node name,
+    /// `localhost`, the loopback addresses and `node_ips`. Re-issued when the names change, on
+    /// the same key/issuer/expiry conditions as the API serving certificate.
+    pub fn kubelet_serving_cert(
+        &self,
+        node_name: &str,
+        node_ips: &[IpAddr],
+    ) -> Result<(String, String), PkiError> {
+        let mut wanted = BTreeSet::new();
+        wanted.insert(SanEntry::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        wanted.insert(SanEntry::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        wanted.insert(SanEntry::Dns("localhost".into()));
+        wanted.extend(node_ips.iter().copied().map(SanEntry::Ip));
+        match node_name.parse::<IpAddr>() {
+            Ok(ip) => {
+                wanted.insert(SanEntry::Ip(ip));
+            }
+            Err(_) => {
+                let lower = node_name.to_ascii_lowercase();
+                rcgen::string::Ia5String::try_from(lower.clone()).map_err(|source| {
+                    PkiError::InvalidSan {
+                        san: node_name.to_owned(),
+                        source,
+                    }
+                })?;
+                wanted.insert(SanEntry::Dns(lower));
+            }
+        }
+        // The node name becomes part of a file name: keep it to what a DNS name allows.
+        if node_name.is_empty()
+            || !node_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
+        {
+            return Err(PkiError::InvalidRequest(format!(
+                "node name {node_name:?} cannot name a certificate file"
+            )));
+        }
+        let dir = self.files.ca_cert.parent().unwrap_or(Path::new("."));
+        let cert_path = dir.join(format!("serving-kubelet-{node_name}.crt"));
+        let key_path = dir.join(format!("serving-kubelet-{node_name}.key"));
+        let now = unix_now();
+        load_or_issue_leaf(
+            &cert_path,
+            &key_path,
+            &self.ca_subject()?,
+            now,
+            |cert| cert_sans(cert) == wanted,
+            || {
+                let mut params = leaf_params(node_name, &[], LEAF_VALIDITY_DAYS, now);
+                params.subject_alt_names = wanted
+                    .iter()
+                    .map(SanEntry::to_rcgen)
+                    .collect::<Result<_, _>>()?;
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+                sign_leaf(&params, &self.issuer, "kubelet serving certificate")
+            },
+        )
+    }
+
+    /// The API server's client certificate towards kubelets (`CN=kube-apiserver-kubelet-client`,
+    /// `O=system:masters`, as kubeadm issues it), loaded or issued and persisted.
+    pub fn kubelet_client_cert(&self) -> Result<(String, String), PkiError> {
+        let dir = self.files.ca_cert.parent().unwrap_or(Path::new("."));
+        let now = unix_now();
+        load_or_issue_leaf(
+            &dir.join(KUBELET_CLIENT_CERT_FILE),
+            &dir.join(KUBELET_CLIENT_KEY_FILE),
+            &self.ca_subject()?,
+            now,
+            |_| true,
+            || {
+                let mut params =
+                    leaf_params(KUBELET_CLIENT_USER, &[ADMIN_GROUP], LEAF_VALIDITY_DAYS, now);
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+                sign_leaf(&params, &self.issuer, "kubelet client certificate")
+            },
+        )
+    }
+
+    /// TLS configuration of a node's kubelet API: its serving certificate
+    /// ([`kubelet_serving_cert`](Pki::kubelet_serving_cert)); client certificates must chain
+    /// to the cluster CA when presented. A client without one still completes the handshake, so
+    /// that the kubelet can answer 401 (the kubelet server decides who may call it). ALPN offers
+    /// `http/1.1` only: WebSocket upgrades need HTTP/1.1.
+    pub fn kubelet_server_tls_config(
+        &self,
+        node_name: &str,
+        node_ips: &[IpAddr],
+    ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let (cert_pem, key_pem) = self.kubelet_serving_cert(node_name, node_ips)?;
+        kubelet_server_tls_config(&self.ca_cert_pem, &cert_pem, &key_pem)
+    }
+
+    /// TLS configuration with which the API server dials kubelets: the cluster CA as the only
+    /// root and [`kubelet_client_cert`](Pki::kubelet_client_cert) as the client certificate.
+    pub fn kubelet_client_tls_config(&self) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+        let (cert_pem, key_pem) = self.kubelet_client_cert()?;
+        let dir = self.files.ca_cert.parent().unwrap_or(Path::new("."));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert_der_from_pem(&self.ca_cert_pem, &self.files.ca_cert)?)?;
+        let key_path = dir.join(KUBELET_CLIENT_KEY_FILE);
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| PkiError::Corrupt {
+                path: key_path,
+                reason: e.to_string(),
+            })?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![cert_der_from_pem(
+                    &cert_pem,
+                    &dir.join(KUBELET_CLIENT_CERT_FILE),
+                )?],
+                key,
+            )?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    fn ca_subject(&self) -> Result<Vec<u8>, PkiError> {
+        let der = cert_der_from_pem(&self.ca_cert_pem, &self.files.ca_cert)?;
+        let cert = parse_cert(&der, &self.files.ca_cert)?;
+        Ok(cert.subject().as_raw().to_vec())
+    }
+
     /// The admin kubeconfig: CA, admin certificate and key embedded (base64); the cluster,
     /// context and user are all named `default`, as k3s's `k3s.yaml`.
     pub fn admin_kubeconfig(&self, server_url: &str) -> String {
@@ -343,6 +481,36 @@ impl Pki {
             &self.admin_key_pem,
         )
     }
+}
+
+/// A kubelet's rustls server configuration from PEM: the serving certificate and key, client
+/// certificates verified against `ca_pem` when presented (optional at the TLS level, so that
+/// the kubelet can answer 401 to a caller without one).
+pub fn kubelet_server_tls_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    let pem_path = PathBuf::from("<kubelet tls>");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der_from_pem(ca_pem, &pem_path)?)?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| PkiError::Corrupt {
+        path: pem_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert_der_from_pem(cert_pem, &pem_path)?], key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Renders a kubeconfig with one cluster, context and user, all named `default`.
@@ -1178,6 +1346,51 @@ mod tests {
         let client_result = ping(addr, client).await;
         let server_result = tokio::time::timeout(Duration::from_secs(10), server).await??;
         Ok((server_result, client_result))
+    }
+
+    #[test]
+    fn kubelet_certs_are_persisted_and_name_the_node() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let pki = Pki::load_or_create(&options(tmp.path()))?;
+        let node_ip: IpAddr = "10.0.0.7".parse()?;
+        let (cert, key) = pki.kubelet_serving_cert("edge-1", &[node_ip])?;
+        let sans = sans_of(&cert)?;
+        for want in [
+            dns("edge-1"),
+            dns("localhost"),
+            ip("127.0.0.1")?,
+            ip("10.0.0.7")?,
+        ] {
+            assert!(sans.contains(&want), "{want:?} missing from {sans:?}");
+        }
+        // Same request: same files, nothing re-issued.
+        assert_eq!(
+            pki.kubelet_serving_cert("edge-1", &[node_ip])?,
+            (cert.clone(), key)
+        );
+        assert!(tmp
+            .path()
+            .join("server/tls/serving-kubelet-edge-1.crt")
+            .exists());
+        // New node IP: re-issued.
+        let (moved, _) = pki.kubelet_serving_cert("edge-1", &["10.0.0.8".parse()?])?;
+        assert_ne!(moved, cert);
+        assert!(sans_of(&moved)?.contains(&ip("10.0.0.8")?));
+        assert!(pki.kubelet_serving_cert("../x", &[]).is_err());
+
+        let (client, client_key) = pki.kubelet_client_cert()?;
+        assert_eq!(pki.kubelet_client_cert()?, (client.clone(), client_key));
+        let der = CertificateDer::from_pem_slice(client.as_bytes())?;
+        let user = user_from_client_cert(&der).ok_or("no user in the kubelet client cert")?;
+        assert_eq!(user.name, KUBELET_CLIENT_USER);
+        assert!(user.in_group("system:masters"));
+        assert_eq!(
+            mode(&tmp.path().join("server/tls").join(KUBELET_CLIENT_KEY_FILE))?,
+            0o600
+        );
+        pki.kubelet_client_tls_config()?;
+        pki.kubelet_server_tls_config("edge-1", &[node_ip])?;
+        Ok(())
     }
 
     #[tokio::test]

@@ -207,11 +207,6 @@ impl TestServer {
         std::fs::write(&self.kubeconfig, text.replace(&local, &self.url())).expect("kubeconfig");
     }
 
-    /// The server's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
     /// A kube-rs client with the admin kubeconfig.
     pub async fn client(&self) -> kube::Client {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");

@@ -6,6 +6,8 @@
 //! ([`pods`]), one worker per pod ([`pod_worker`]). A pod worker builds the pod's sandbox
 //! ([`sandbox`]: cgroup, network, generated `/etc` files), runs its containers through the
 //! runtime with restart back-off ([`backoff`]) and writes `pods/status` ([`status`]).
+//! [`server`] is the kubelet API on `--kubelet-port` (logs, exec, port-forward, stats) that
+//! the API server proxies to; the agent starts it beside [`run`].
 //!
 //! The kubelet talks to the API only through its `kube::Client` (never the store), and to
 //! containers only through [`crate::agent::runtime`]. It must not touch the pod network's
@@ -25,6 +27,7 @@ pub mod pod_worker;
 pub mod pods;
 pub mod probes;
 pub mod sandbox;
+pub mod server;
 pub mod status;
 pub mod volumes;
 

@@ -14,13 +14,13 @@ macro_rules! for_each_builtin {
     ($callback:ident) => {
         // core/v1
         $callback!(k8s_openapi::api::core::v1::Namespace, ["ns"], [], ["status"]);
-        $callback!(k8s_openapi::api::core::v1::Pod, ["po"], ["all"], ["status", "binding"]);
+        $callback!(k8s_openapi::api::core::v1::Pod, ["po"], ["all"], ["status", "binding", "log", "exec", "attach", "portforward"]);
         $callback!(k8s_openapi::api::core::v1::Service, ["svc"], ["all"], ["status"]);
         $callback!(k8s_openapi::api::core::v1::Endpoints, ["ep"], [], []);
         $callback!(k8s_openapi::api::core::v1::ConfigMap, ["cm"], [], []);
         $callback!(k8s_openapi::api::core::v1::Secret, [], [], []);
         $callback!(k8s_openapi::api::core::v1::ServiceAccount, ["sa"], [], []);
-        $callback!(k8s_openapi::api::core::v1::Node, ["no"], [], ["status"]);
+        $callback!(k8s_openapi::api::core::v1::Node, ["no"], [], ["status", "proxy"]);
         $callback!(k8s_openapi::api::core::v1::Event, ["ev"], [], []);
         $callback!(k8s_openapi::api::core::v1::PersistentVolume, ["pv"], [], ["status"]);
         $callback!(k8s_openapi::api::core::v1::PersistentVolumeClaim, ["pvc"], [], ["status"]);

@@ -150,6 +150,10 @@ pub fn group(resources: &Resources, name: &str) -> Option<Value> {
 fn subresource_verbs(sub: &str) -> Vec<&'static str> {
     match sub {
         "binding" => vec!["create"],
+        // Served by the kubelet through the API server's proxy.
+        "log" => vec!["get"],
+        "exec" | "attach" | "portforward" => vec!["create", "get"],
+        "proxy" => vec!["create", "delete", "get", "patch", "update"],
         _ => vec!["get", "patch", "update"],
     }
 }
@@ -158,6 +162,10 @@ fn subresource_kind(info: &ResourceInfo, sub: &str) -> (String, String, String) 
     match sub {
         "scale" => ("autoscaling".into(), "v1".into(), "Scale".into()),
         "binding" => (String::new(), "v1".into(), "Binding".into()),
+        "exec" => (String::new(), "v1".into(), "PodExecOptions".into()),
+        "attach" => (String::new(), "v1".into(), "PodAttachOptions".into()),
+        "portforward" => (String::new(), "v1".into(), "PodPortForwardOptions".into()),
+        "proxy" if info.kind == "Node" => (String::new(), "v1".into(), "NodeProxyOptions".into()),
         _ => (info.group.clone(), info.version.clone(), info.kind.clone()),
     }
 }

@@ -20,6 +20,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
+pub mod proxy;
 pub mod request;
 pub mod resources;
 pub mod rest;
@@ -67,6 +68,8 @@ pub struct ApiState {
     pub ready: AtomicBool,
     /// Where Service cluster IPs and node ports come from (the defaults until set).
     service_ranges: std::sync::OnceLock<allocators::ServiceRanges>,
+    /// How the API server dials kubelets (pods/log, exec, port-forward, nodes/proxy).
+    kubelet_client_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
     openapi: Mutex<Option<(u64, Arc<OpenApi>)>>,
 }
 
@@ -100,6 +103,7 @@ impl ApiState {
             server_address,
             ready: AtomicBool::new(false),
             service_ranges: std::sync::OnceLock::new(),
+            kubelet_client_tls: std::sync::OnceLock::new(),
             openapi: Mutex::new(None),
         });
         state.refresh_custom_resources().await?;
@@ -110,6 +114,18 @@ impl ApiState {
     /// counts, and it must come before the first Service is written.
     pub fn set_service_ranges(&self, ranges: allocators::ServiceRanges) {
         let _ = self.service_ranges.set(ranges);
+    }
+
+    /// Sets the TLS configuration for dialling kubelets (the API server's kubelet client
+    /// certificate, the cluster CA); only the first call counts. Without it the kubelet proxy
+    /// subresources answer 503.
+    pub fn set_kubelet_client_tls(&self, tls: Arc<rustls::ClientConfig>) {
+        let _ = self.kubelet_client_tls.set(tls);
+    }
+
+    /// The TLS configuration for dialling kubelets, once set.
+    pub fn kubelet_client_tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.kubelet_client_tls.get().cloned()
     }
 
     /// The ranges Service IPs and node ports are allocated from.
@@ -204,8 +220,9 @@ fn is_public(path: &str) -> bool {
 
 async fn handle(State(state): State<Arc<ApiState>>, request: Request<Body>) -> Response {
     let started = Instant::now();
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
+    let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let query = Query::parse(parts.uri.query());
     let peer = parts.extensions.get::<Peer>().cloned().unwrap_or_default();
     let span = info_span!("request", method = %parts.method, path = %path);
@@ -218,6 +235,10 @@ async fn handle(State(state): State<Arc<ApiState>>, request: Request<Body>) -> R
             &parts.headers,
             body,
             &peer,
+            Stream {
+                raw_query: parts.uri.query(),
+                upgrade,
+            },
         )
         .await
     }
@@ -271,7 +292,15 @@ fn authorize(state: &ApiState, user: &UserInfo, attributes: &Attributes) -> Resu
     }
 }
 
+/// What the kubelet proxy needs beyond the parsed request: the query as sent, and the client
+/// connection's upgrade.
+struct Stream<'a> {
+    raw_query: Option<&'a str>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
 /// Dispatches a request; returns the response and the verb and resource for metrics.
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     state: &Arc<ApiState>,
     method: &Method,
@@ -280,6 +309,7 @@ async fn dispatch(
     headers: &HeaderMap,
     body: Body,
     peer: &Peer,
+    stream: Stream<'_>,
 ) -> (Result<Response, ApiError>, String, String) {
     let user = match authenticate(state, headers, peer) {
         Ok(user) => user,
@@ -338,11 +368,70 @@ async fn dispatch(
                 .await;
                 return (result, "POST".into(), "bindings".into());
             }
+            // nodes/{name}/proxy/{path…}: to the node's kubelet.
+            if group.is_empty() && rest.len() >= 3 && rest[0] == "nodes" && rest[2] == "proxy" {
+                let attributes = Attributes::Resource {
+                    verb: proxy::verb_for("proxy", method).to_string(),
+                    group: String::new(),
+                    resource: "nodes".into(),
+                    subresource: Some("proxy".into()),
+                    namespace: None,
+                    name: Some(rest[1].clone()),
+                };
+                let result = match authorize(state, &user, &attributes) {
+                    Ok(()) => {
+                        let proxy_request = proxy::ProxyRequest {
+                            method,
+                            headers,
+                            raw_query: stream.raw_query,
+                            upgrade: stream.upgrade,
+                        };
+                        proxy::node_proxy(state, &rest[1], &rest[3..].join("/"), proxy_request)
+                            .await
+                    }
+                    Err(err) => Err(err),
+                };
+                return (result, method.to_string(), "nodes".into());
+            }
             let request =
                 match request::parse_resource_path(&state.resources, &group, &version, &rest) {
                     Ok(request) => request,
                     Err(err) => return (Err(err), method.to_string(), String::new()),
                 };
+            // pods/{log,exec,attach,portforward}: to the pod's kubelet.
+            if request.info.group.is_empty()
+                && request.info.plural == "pods"
+                && request.name.is_some()
+                && request
+                    .subresource
+                    .as_deref()
+                    .is_some_and(proxy::is_pod_subresource)
+            {
+                let sub = request.subresource.clone().unwrap_or_default();
+                let verb = proxy::verb_for(&sub, method);
+                let attributes = Attributes::Resource {
+                    verb: verb.to_string(),
+                    group: String::new(),
+                    resource: "pods".into(),
+                    subresource: Some(sub),
+                    namespace: request.namespace.clone(),
+                    name: request.name.clone(),
+                };
+                let result = match authorize(state, &user, &attributes) {
+                    Ok(()) => {
+                        let proxy_request = proxy::ProxyRequest {
+                            method,
+                            headers,
+                            raw_query: stream.raw_query,
+                            upgrade: stream.upgrade,
+                        };
+                        let container = query.0.get("container").map(String::as_str);
+                        proxy::pod_subresource(state, &request, container, proxy_request).await
+                    }
+                    Err(err) => Err(err),
+                };
+                return (result, verb.to_ascii_uppercase(), "pods".into());
+            }
             let verb = match request::verb_of(method, &request, query) {
                 Ok(verb) => verb,
                 Err(err) => return (Err(err), method.to_string(), request.info.plural.clone()),

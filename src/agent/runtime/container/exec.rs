@@ -6,9 +6,14 @@
 //! so stderr arrives on stdout as on any terminal) and exits with the process's exit code.
 //! Exit code 126 with a message on stderr means the process could not be started.
 //!
+//! With a terminal, the helper creates a FIFO `exec-<helper pid>.resize` in the container's
+//! directory; [`ResizeHandle::resize`] writes `<columns> <rows>` lines to it and the helper
+//! applies them to the terminal (`TIOCSWINSZ`).
+//!
 //! This module only spawns and hands back the helper; it must not call libcontainer.
 
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -25,6 +30,69 @@ pub struct ExecProcess {
     pub stdout: Option<ChildStdout>,
     pub stderr: Option<ChildStderr>,
     child: Child,
+    resize: Option<ResizeHandle>,
+}
+
+/// Sets the terminal size of an exec'd process that has a terminal.
+#[derive(Debug, Clone)]
+pub struct ResizeHandle {
+    path: PathBuf,
+}
+
+/// How long [`ResizeHandle::resize`] waits for the helper to create its FIFO.
+const RESIZE_WAIT: Duration = Duration::from_secs(5);
+
+impl ResizeHandle {
+    /// Sends a terminal size to the helper. Waits (boundedly) for the helper to be ready.
+    pub async fn resize(&self, columns: u16, rows: u16) -> std::io::Result<()> {
+        let deadline = tokio::time::Instant::now() + RESIZE_WAIT;
+        loop {
+            let path = self.path.clone();
+            let attempt = tokio::task::spawn_blocking(move || {
+                let mut fifo = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags_nonblock()
+                    .open(&path)?;
+                fifo.write_all(format!("{columns} {rows}\n").as_bytes())
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            match attempt {
+                Err(err)
+                    if err.kind() == std::io::ErrorKind::NotFound
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+trait NonBlocking {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlocking for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        self.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+    }
+}
+
+/// The resize FIFO of the exec helper with process id `helper_pid`.
+pub fn resize_path(container_dir: &Path, helper_pid: u32) -> PathBuf {
+    container_dir.join(format!("exec-{helper_pid}.resize"))
+}
+
+/// Parses a `<columns> <rows>` line.
+pub fn parse_size(line: &[u8]) -> Option<(u16, u16)> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut parts = text.split_whitespace();
+    let columns = parts.next()?.parse().ok()?;
+    let rows = parts.next()?.parse().ok()?;
+    Some((columns, rows))
 }
 
 /// The result of [`ExecProcess::output`].
@@ -36,6 +104,11 @@ pub struct ExecOutput {
 }
 
 impl ExecProcess {
+    /// The terminal size setter, when the process has a terminal.
+    pub fn resizer(&self) -> Option<ResizeHandle> {
+        self.resize.clone()
+    }
+
     /// Waits for the process to end; returns its exit code (128 + signal when killed).
     pub async fn wait(mut self) -> Result<i32, RuntimeError> {
         drop(self.stdin.take());
@@ -119,10 +192,17 @@ pub(super) fn spawn(
         what: format!("starting the exec helper {}", shim_binary.display()),
         source,
     })?;
+    let resize = match (tty, child.id()) {
+        (true, Some(pid)) => Some(ResizeHandle {
+            path: resize_path(&dir.dir, pid),
+        }),
+        _ => None,
+    };
     Ok(ExecProcess {
         stdin: child.stdin.take(),
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
         child,
+        resize,
     })
 }

@@ -582,6 +582,37 @@ fn exec(dir: &ContainerDir, tty: bool, command: &[String]) -> Result<i32, ShimEr
 
     let builder = ContainerBuilder::new(record.id.clone(), SyscallType::default())
         .with_root_path(dir.libcontainer_root())?;
+    // With a terminal, `exec-<pid>.resize` (a FIFO) takes `<columns> <rows>` lines from the
+    // agent ([`super::exec::ResizeHandle`]); it exists before the process starts so that the
+    // first size is not lost.
+    let resize = if tty {
+        let path = super::exec::resize_path(&dir.dir, me);
+        let _ = fs::remove_file(&path);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .map_err(errno_ctx("creating the resize fifo"))?;
+        let reader = rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(errno_ctx("opening the resize fifo"))?;
+        // Our own writer keeps the FIFO from reporting end-of-file between agent writes.
+        let keep_open = rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(errno_ctx("opening the resize fifo"))?;
+        Some((reader, keep_open, RemoveOnDrop(vec![path])))
+    } else {
+        None
+    };
     let (pid, master) = if tty {
         let console_path = dir.dir.join(format!("exec-{me}.sock"));
         let _ = fs::remove_file(&console_path);
@@ -612,8 +643,9 @@ fn exec(dir: &ContainerDir, tty: bool, command: &[String]) -> Result<i32, ShimEr
         "exec started"
     );
     if let Some(master) = master {
-        relay_terminal(&master, pid)?;
+        relay_terminal(&master, pid, resize.as_ref().map(|r| &r.0))?;
     }
+    drop(resize);
     wait_exit_code(pid)
 }
 
@@ -629,8 +661,9 @@ fn wait_exit_code(pid: Pid) -> Result<i32, ShimError> {
     }
 }
 
-/// Copies stdin to the terminal and the terminal to stdout until the process is gone.
-fn relay_terminal(master: &OwnedFd, pid: Pid) -> Result<(), ShimError> {
+/// Copies stdin to the terminal and the terminal to stdout until the process is gone, and
+/// applies the sizes read from `resize` to the terminal (before stdin read at the same time).
+fn relay_terminal(master: &OwnedFd, pid: Pid, resize: Option<&OwnedFd>) -> Result<(), ShimError> {
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())
         .map_err(errno_ctx("opening a pidfd for the exec process"))?;
     let stdin = rustix::stdio::stdin();
@@ -638,14 +671,20 @@ fn relay_terminal(master: &OwnedFd, pid: Pid) -> Result<(), ShimError> {
     let mut stdin_open = true;
     let mut exited = false;
     let mut buf = vec![0u8; 16 * 1024];
+    let mut sizes = Vec::new();
     loop {
-        let (in_ready, master_ready, pid_ready) = {
+        let (in_ready, master_ready, pid_ready, resize_ready) = {
             let mut fds = vec![
                 PollFd::new(master, PollFlags::IN),
                 PollFd::new(&pidfd, PollFlags::IN),
             ];
+            let stdin_index = fds.len();
             if stdin_open {
                 fds.push(PollFd::new(&stdin, PollFlags::IN));
+            }
+            let resize_index = fds.len();
+            if let Some(fd) = resize {
+                fds.push(PollFd::new(fd, PollFlags::IN));
             }
             // After the process exited, read what is left without blocking for long.
             let timeout = exited.then_some(Timespec {
@@ -659,11 +698,31 @@ fn relay_terminal(master: &OwnedFd, pid: Pid) -> Result<(), ShimError> {
                 Err(err) => return Err(errno_ctx("poll")(err)),
             }
             (
-                stdin_open && !fds[2].revents().is_empty(),
+                stdin_open && !fds[stdin_index].revents().is_empty(),
                 !fds[0].revents().is_empty(),
                 !fds[1].revents().is_empty(),
+                resize.is_some() && !fds[resize_index].revents().is_empty(),
             )
         };
+        if let (true, Some(fd)) = (resize_ready, resize) {
+            if let Ok(n) = rustix::io::read(fd, &mut buf[..]) {
+                sizes.extend_from_slice(&buf[..n]);
+            }
+            while let Some(end) = sizes.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = sizes.drain(..=end).collect();
+                if let Some((columns, rows)) = super::exec::parse_size(&line) {
+                    let size = rustix::termios::Winsize {
+                        ws_row: rows,
+                        ws_col: columns,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    if let Err(err) = rustix::termios::tcsetwinsize(master, size) {
+                        tracing::warn!(error = %err, "resizing the terminal failed");
+                    }
+                }
+            }
+        }
         if master_ready {
             match rustix::io::read(master, &mut buf[..]) {
                 Ok(0) | Err(rustix::io::Errno::IO) => return Ok(()),

@@ -1,0 +1,372 @@
+//! `/exec/{namespace}/{pod}/{container}` and `/attach/…` over WebSocket, with the channel
+//! protocols of Kubernetes' remotecommand: `v5.channel.k8s.io` and `v4.channel.k8s.io`.
+//!
+//! Every binary message starts with its channel byte: 0 stdin (client → kubelet), 1 stdout,
+//! 2 stderr, 3 error (one `Status` JSON at the end: `Success`, or `Failure` with reason
+//! `NonZeroExitCode` and the exit code as the `ExitCode` cause, as the kubelet writes it),
+//! 4 resize (terminal size JSON), and in v5 255 close (its payload is the channel closed; 0
+//! closes stdin). A client that does not upgrade to one of those protocols (SPDY-only kubectl
+//! before 1.30) gets a 400 `Status` naming the kubectl versions that work.
+//!
+//! Owns the WebSocket session and the relay to [`Runtime::exec`]; must not touch the
+//! container otherwise.
+//!
+//! Resize messages (`{"Width":…,"Height":…}`) are applied to the exec's terminal through the
+//! runtime's [`ResizeHandle`](crate::agent::runtime::container::exec::ResizeHandle).
+//!
+//! # Caveats
+//! - `/attach` answers 501: the shim does not expose a running container's stdio yet.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+use tracing::{debug, info_span, Instrument};
+
+use super::{current_container, status_response, ServerState};
+use crate::agent::runtime::container::State as ContainerState;
+
+/// The channel protocols served, preferred first.
+pub const PROTOCOL_V5: &str = "v5.channel.k8s.io";
+pub const PROTOCOL_V4: &str = "v4.channel.k8s.io";
+
+pub const STDIN: u8 = 0;
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
+pub const ERROR: u8 = 3;
+pub const RESIZE: u8 = 4;
+pub const CLOSE: u8 = 255;
+
+/// The message a client that cannot speak WebSocket streaming gets.
+pub const SPDY_UNSUPPORTED: &str = "this cluster serves exec, attach and port-forward only over WebSockets (subprotocols v5.channel.k8s.io / v4.channel.k8s.io; SPDY/3.1+portforward.k8s.io for port-forward): use kubectl 1.30 or newer for exec and attach, 1.31 or newer for port-forward; SPDY is not supported";
+
+/// A resize message (channel 4), as kubectl sends it.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+struct TerminalSize {
+    #[serde(rename = "Width")]
+    width: u16,
+    #[serde(rename = "Height")]
+    height: u16,
+}
+
+/// What an exec asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOptions {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl ExecOptions {
+    pub fn parse(query: &[(String, String)]) -> ExecOptions {
+        let flag = |name: &str| {
+            query
+                .iter()
+                .any(|(k, v)| k == name && matches!(v.as_str(), "" | "1" | "true" | "True"))
+        };
+        ExecOptions {
+            command: query
+                .iter()
+                .filter(|(k, _)| k == "command")
+                .map(|(_, v)| v.clone())
+                .collect(),
+            stdin: flag("stdin"),
+            stdout: flag("stdout"),
+            stderr: flag("stderr"),
+            tty: flag("tty"),
+        }
+    }
+}
+
+/// A WebSocket upgrade to one of the channel protocols, or the error response for anything
+/// else (a SPDY upgrade, a plain request).
+pub(crate) fn negotiate(
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    protocols: &'static [&'static str],
+    unsupported: &str,
+) -> Result<(WebSocketUpgrade, String), Box<Response>> {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(_) => {
+            return Err(Box::new(status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                unsupported,
+            )))
+        }
+    };
+    let ws = ws.protocols(protocols.iter().copied());
+    let Some(selected) = ws
+        .selected_protocol()
+        .and_then(|p| p.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return Err(Box::new(status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            unsupported,
+        )));
+    };
+    Ok((ws, selected))
+}
+
+/// `/exec/{namespace}/{pod}/{container}`.
+pub(crate) async fn exec(
+    State(state): State<ServerState>,
+    UrlPath((namespace, pod, container)): UrlPath<(String, String, String)>,
+    Query(query): Query<Vec<(String, String)>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let (ws, protocol) = match negotiate(ws, &[PROTOCOL_V5, PROTOCOL_V4], SPDY_UNSUPPORTED) {
+        Ok(ok) => ok,
+        Err(response) => return *response,
+    };
+    let options = ExecOptions::parse(&query);
+    if options.command.is_empty() {
+        return status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "you must specify at least 1 command",
+        );
+    }
+    if !options.stdin && !options.stdout && !options.stderr {
+        return status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "you must specify at least 1 of stdin, stdout, stderr",
+        );
+    }
+    let target = match current_container(&state.runtime, &namespace, &pod, &container).await {
+        Ok(c) => c,
+        Err(err) => return err.into_response(),
+    };
+    if target.state != ContainerState::Running {
+        return status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("container {container} is not running"),
+        );
+    }
+    let span = info_span!("exec", %namespace, %pod, %container, %protocol);
+    ws.on_upgrade(move |socket| {
+        async move {
+            run_exec(state, target.id, options, protocol, socket).await;
+        }
+        .instrument(span)
+    })
+}
+
+/// `/attach/{namespace}/{pod}/{container}`: not available yet (see the module caveats).
+pub(crate) async fn attach(
+    UrlPath((namespace, pod, container)): UrlPath<(String, String, String)>,
+    Query(_query): Query<HashMap<String, String>>,
+) -> Response {
+    status_response(
+        StatusCode::NOT_IMPLEMENTED,
+        "NotImplemented",
+        &format!("attach to {namespace}/{pod}/{container} is not supported by this node yet; use kubectl logs -f and kubectl exec"),
+    )
+}
+
+/// The error channel's final `Status`, as the kubelet writes it.
+pub fn exit_status(command: &[String], exit_code: i32) -> serde_json::Value {
+    if exit_code == 0 {
+        return json!({"metadata": {}, "status": "Success"});
+    }
+    json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": format!(
+            "command terminated with non-zero exit code: error executing command [{}], exit code {exit_code}",
+            command.join(" ")
+        ),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": exit_code.to_string()}]},
+    })
+}
+
+fn internal_error(message: &str) -> serde_json::Value {
+    json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500})
+}
+
+fn frame(channel: u8, data: &[u8]) -> Message {
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(channel);
+    out.extend_from_slice(data);
+    Message::Binary(Bytes::from(out))
+}
+
+async fn run_exec(
+    state: ServerState,
+    container_id: String,
+    options: ExecOptions,
+    protocol: String,
+    socket: WebSocket,
+) {
+    let (mut sink, mut incoming) = socket.split();
+    let mut process = match state
+        .runtime
+        .exec(&container_id, &options.command, options.tty)
+        .await
+    {
+        Ok(process) => process,
+        Err(err) => {
+            let status = internal_error(&err.to_string());
+            let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(16);
+    let mut pumps = Vec::new();
+    let stdout = process.stdout.take();
+    let stderr = process.stderr.take();
+    for (channel, wanted, reader) in [
+        (
+            STDOUT,
+            options.stdout,
+            stdout.map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ),
+        (
+            STDERR,
+            options.stderr,
+            stderr.map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ),
+    ] {
+        let Some(mut reader) = reader else { continue };
+        let tx = out_tx.clone();
+        pumps.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        // Drained even when not wanted, so the process never blocks on a pipe.
+                        if wanted && tx.send(frame(channel, &buf[..n])).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    drop(out_tx);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = out_rx.recv().await {
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    let mut stdin = if options.stdin {
+        process.stdin.take()
+    } else {
+        drop(process.stdin.take());
+        None
+    };
+    let v5 = protocol == PROTOCOL_V5;
+    let resizer = process.resizer();
+    let shutdown = state.shutdown.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                message = incoming.next() => message,
+            };
+            let data = match message {
+                Some(Ok(Message::Binary(data))) => data,
+                Some(Ok(Message::Text(text))) => Bytes::from(text.as_str().as_bytes().to_vec()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => continue,
+            };
+            let Some((&channel, payload)) = data.split_first() else {
+                continue;
+            };
+            match channel {
+                STDIN => {
+                    if let Some(pipe) = stdin.as_mut() {
+                        if pipe.write_all(payload).await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                RESIZE => {
+                    let size: Result<TerminalSize, _> = serde_json::from_slice(payload);
+                    match (size, resizer.as_ref()) {
+                        (Ok(size), Some(resizer)) => {
+                            if let Err(err) = resizer.resize(size.width, size.height).await {
+                                debug!(error = %err, "terminal resize failed");
+                            }
+                        }
+                        (Err(err), _) => debug!(error = %err, "bad resize message"),
+                        (Ok(_), None) => {}
+                    }
+                }
+                CLOSE if v5 && payload.first() == Some(&STDIN) => {
+                    stdin = None;
+                }
+                _ => {}
+            }
+        }
+    });
+    for pump in pumps {
+        let _ = pump.await;
+    }
+    let status = match process.wait().await {
+        Ok(code) => exit_status(&options.command, code),
+        Err(err) => internal_error(&err.to_string()),
+    };
+    reader.abort();
+    if let Ok(mut sink) = writer.await {
+        let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: 1000,
+                reason: "".into(),
+            })))
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_collect_repeated_commands() {
+        let q: Vec<(String, String)> = [
+            ("command", "sh"),
+            ("command", "-c"),
+            ("command", "echo hi"),
+            ("stdout", "true"),
+            ("tty", "1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let o = ExecOptions::parse(&q);
+        assert_eq!(o.command, ["sh", "-c", "echo hi"]);
+        assert!(o.stdout && o.tty && !o.stdin && !o.stderr);
+    }
+
+    #[test]
+    fn exit_status_carries_the_code_as_kubelet_does() {
+        let ok = exit_status(&["true".into()], 0);
+        assert_eq!(ok["status"], "Success");
+        let failed = exit_status(&["sh".into(), "-c".into(), "exit 3".into()], 3);
+        assert_eq!(failed["reason"], "NonZeroExitCode");
+        assert_eq!(failed["details"]["causes"][0]["reason"], "ExitCode");
+        assert_eq!(failed["details"]["causes"][0]["message"], "3");
+    }
+}

@@ -79,6 +79,8 @@ fn json(program: &str, args: &[&str]) -> serde_json::Value {
 /// Everything one test creates outside its thread's namespace, removed on drop.
 struct Sandbox {
     netns: String,
+    /// A second namespace a test may create to stand for the world outside the cluster.
+    outside: String,
     uids: Vec<String>,
     state: tempfile::TempDir,
 }
@@ -91,6 +93,7 @@ impl Sandbox {
         );
         run_ok("ip", &["netns", "add", &netns]);
         Sandbox {
+            outside: format!("{netns}-out"),
             netns,
             uids: (0..pods)
                 .map(|_| uuid::Uuid::new_v4().to_string())
@@ -116,12 +119,17 @@ impl Drop for Sandbox {
             }
         }
         let _ = run("ip", &["netns", "delete", &self.netns]);
+        if Path::new("/run/netns").join(&self.outside).exists() {
+            let _ = run("ip", &["netns", "delete", &self.outside]);
+        }
     }
 }
 
 /// What a test body gets: its pod uids and network config, running inside its namespace.
 struct Env {
     uids: Vec<String>,
+    /// Name for the optional "outside world" namespace (removed by the guard).
+    outside: String,
     config: NetworkConfig,
 }
 
@@ -172,6 +180,7 @@ where
                     .expect("runtime");
                 runtime.block_on(body(Env {
                     uids: sandbox.uids.clone(),
+                    outside: sandbox.outside.clone(),
                     config: sandbox.config(),
                 }));
             })
@@ -580,5 +589,64 @@ fn garbage_collect_removes_only_pods_that_are_not_live() {
         assert!(ping(env.uid(0), a.gateway), "the live pod still works");
 
         restarted.garbage_collect(&live).await.expect("gc again");
+    });
+}
+
+#[test]
+fn pod_traffic_leaving_the_cluster_is_masqueraded() {
+    if !require_net("pod_traffic_leaving_the_cluster_is_masqueraded") {
+        return;
+    }
+    in_own_netns(1, |env| async move {
+        let net = env.network();
+        net.configure("10.42.0.0/24", "10.42.0.0/16")
+            .await
+            .expect("configure");
+        let a = net.setup(env.uid(0), "default", "a").await.expect("a");
+
+        // "The internet": a namespace behind an uplink of the node, with no route back to the
+        // pod CIDR, so only masqueraded packets get an answer.
+        run_ok("ip", &["netns", "add", &env.outside]);
+        run_ok(
+            "ip",
+            &[
+                "link",
+                "add",
+                "cltup",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &env.outside,
+            ],
+        );
+        run_ok("ip", &["addr", "add", "192.168.77.1/24", "dev", "cltup"]);
+        run_ok("ip", &["link", "set", "dev", "cltup", "up"]);
+        for args in [
+            &["addr", "add", "192.168.77.2/24", "dev", "eth0"][..],
+            &["link", "set", "dev", "eth0", "up"],
+            &["link", "set", "dev", "lo", "up"],
+        ] {
+            let mut full = vec!["-n", env.outside.as_str()];
+            full.extend_from_slice(args);
+            run_ok("ip", &full);
+        }
+        let internet: IpAddr = "192.168.77.2".parse().expect("ip");
+        assert!(
+            ping(env.uid(0), internet),
+            "masqueraded pod reaches outside"
+        );
+
+        // Without the rule the answer has nowhere to go: the test can tell.
+        run_ok("nft", &["delete", "table", "ip", TABLE]);
+        assert!(!ping(env.uid(0), internet), "without masquerade no answer");
+
+        net.configure("10.42.0.0/24", "10.42.0.0/16")
+            .await
+            .expect("configure again");
+        assert!(ping(env.uid(0), internet), "the rule is back");
+        assert!(ping(env.uid(0), a.gateway));
     });
 }

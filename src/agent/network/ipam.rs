@@ -136,7 +136,8 @@ pub struct Ipam {
 
 impl Ipam {
     /// Opens (creating it when missing) the state directory and removes the temporary files a
-    /// crash may have left.
+    /// crash may have left (so it must not be called while another allocator is allocating in
+    /// the same directory; allocators opened before may run side by side).
     pub fn open(dir: PathBuf) -> Result<Ipam, IpamError> {
         fs::create_dir_all(&dir).map_err(|source| IpamError::Io {
             path: dir.clone(),
@@ -449,5 +450,43 @@ mod tests {
             ipam.allocate(&range, "uid-new").expect("new"),
             Ipv4Addr::new(10, 42, 0, 3)
         );
+    }
+
+    #[test]
+    fn two_allocators_on_one_directory_never_hand_out_an_address_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let range = cidr("10.42.0.0/24");
+        // Both opened first: `open` clears leftover temporary files, which is only safe while
+        // nobody allocates in the directory.
+        let allocators: Vec<Ipam> = (0..2)
+            .map(|_| Ipam::open(dir.path().to_path_buf()).expect("open"))
+            .collect();
+        let workers: Vec<_> = allocators
+            .into_iter()
+            .enumerate()
+            .map(|(w, ipam)| {
+                std::thread::spawn(move || {
+                    (0..60)
+                        .map(|i| {
+                            let uid = format!("uid-{w}-{i}");
+                            (ipam.allocate(&range, &uid).expect("alloc"), uid)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<(Ipv4Addr, String)> = workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect();
+        all.sort();
+        let mut ips: Vec<Ipv4Addr> = all.iter().map(|(ip, _)| *ip).collect();
+        ips.dedup();
+        assert_eq!(ips.len(), 120, "an address was handed out twice");
+        let on_disk = Ipam::open(dir.path().to_path_buf())
+            .expect("open")
+            .allocations()
+            .expect("list");
+        assert_eq!(on_disk, all, "each record names the pod that got it");
     }
 }

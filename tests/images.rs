@@ -525,7 +525,16 @@ async fn gc_removes_the_least_recently_used_unused_image() {
         capacity: 1000,
         available: 500,
     };
-    let in_use: HashSet<Digest> = [ids[0].clone()].into();
+    // Image a is in use: a container was created from its reference (what the kubelet's
+    // periodic GC derives from the runtime's containers).
+    let in_use: HashSet<Digest> = cluster::agent::kubelet::image_gc::in_use(
+        &images_service,
+        &[
+            "example.com/gc/a:1".to_string(),
+            "example.com/gone:1".to_string(),
+        ],
+    );
+    assert_eq!(in_use, [ids[0].clone()].into());
     let report = images_service.gc(&policy, calm, &in_use).expect("gc");
     assert!(report.removed.is_empty());
     // 90% used, 100 bytes to free: the least recently used unused image (b, since a is in

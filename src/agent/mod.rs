@@ -115,6 +115,13 @@ pub async fn run_embedded(
             }
         });
     }
+    kubelet::image_gc::spawn(
+        images.clone(),
+        runtime.clone(),
+        crate::agent::runtime::image::gc::GcPolicy::default(),
+        kubelet::image_gc::PERIOD,
+        shutdown.child_token(),
+    );
     let volumes = kubelet::volumes::VolumeManager::new(client.clone(), data.agent_pods());
     let kubelet = kubelet::Kubelet {
         volumes,

@@ -21,6 +21,7 @@
 
 pub mod backoff;
 pub mod env;
+pub mod hooks;
 pub mod lease;
 pub mod node;
 pub mod pod_worker;

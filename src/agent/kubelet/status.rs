@@ -36,6 +36,8 @@ pub struct ContainerView {
     pub waiting: Option<(String, String)>,
     /// Readiness when running (no readiness probe: true).
     pub ready: bool,
+    /// The startup probe passed when running (no startup probe: true).
+    pub started: bool,
 }
 
 /// Everything [`build`] needs.
@@ -148,8 +150,10 @@ fn container_status(view: &ContainerView, default_waiting: &str) -> ContainerSta
         }
     }
     let running = current.state == State::Running;
-    status.started = Some(running);
-    status.ready = running && view.ready;
+    // kubelet: started follows the startup probe, and only a started container can be ready.
+    let started = running && view.started;
+    status.started = Some(started);
+    status.ready = started && view.ready;
     status
 }
 

@@ -603,3 +603,184 @@ fn a_server_restart_leaves_running_pods_running() {
     node.kubectl_ok(&["delete", "pod", "survivor", "--wait=true", "--timeout=120s"]);
     assert!(node.containers_of(&uid).is_empty());
 }
+
+/// The events of pod `pod` as `reason: note` lines (events.k8s.io/v1, as the kubelet records
+/// them).
+fn pod_events(node: &Node, pod: &str) -> String {
+    node.kubectl(&[
+        "get",
+        "events.v1.events.k8s.io",
+        "--field-selector",
+        &format!("regarding.name={pod}"),
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.note} [{.regarding.fieldPath}] by {.reportingController}{\"\\n\"}{end}",
+    ])
+    .1
+}
+
+#[test]
+fn probes_drive_readiness_and_restarts_and_hooks_run() {
+    if !require("probes_drive_readiness_and_restarts_and_hooks_run") {
+        return;
+    }
+    let node = Node::start("probes");
+    let name = node.name.clone();
+    node.wait_for(
+        "node Ready",
+        &[
+            "get",
+            "node",
+            &name,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        |s| s == "True",
+    );
+    let hook_dir = node.temp.path().join("hooks");
+    fs::create_dir_all(&hook_dir).expect("hook dir");
+    node.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: readiness
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "exec sleep 3600"]
+    readinessProbe:
+      exec:
+        command: ["/bin/sh", "-c", "test -e /tmp/ready"]
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: liveness
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "exec sleep 3600"]
+    livenessProbe:
+      exec:
+        command: ["/bin/sh", "-c", "test -e /tmp/never"]
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hooks
+spec:
+  terminationGracePeriodSeconds: 30
+  volumes:
+  - name: out
+    hostPath:
+      path: {hooks}
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "exec sleep 3600"]
+    volumeMounts:
+    - name: out
+      mountPath: /out
+    lifecycle:
+      postStart:
+        exec:
+          command: ["/bin/sh", "-c", "echo started > /out/post-start"]
+      preStop:
+        exec:
+          command: ["/bin/sh", "-c", "echo stopping > /out/pre-stop"]
+"#,
+        hooks = hook_dir.display()
+    ));
+
+    // Readiness: running but not ready while the probe fails (kubectl shows 0/1 Running) …
+    node.wait_for(
+        "readiness Running",
+        &["get", "pod", "readiness", "-o", "jsonpath={.status.phase}"],
+        |s| s == "Running",
+    );
+    let deadline = Instant::now() + LONG;
+    while !pod_events(&node, "readiness").contains("Readiness probe failed") {
+        if Instant::now() > deadline {
+            node.fail("no Unhealthy event for the failing readiness probe");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let events = pod_events(&node, "readiness");
+    assert!(
+        events.contains("Unhealthy: Readiness probe failed")
+            && events.contains("[spec.containers{main}] by kubelet"),
+        "{events}"
+    );
+    let row = node.kubectl_ok(&["get", "pod", "readiness", "--no-headers"]);
+    assert!(row.contains("0/1") && row.contains("Running"), "{row}");
+    let conditions = node.pod_field(
+        "readiness",
+        "{.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"ContainersReady\")].status} {.status.containerStatuses[0].ready} {.status.containerStatuses[0].started}",
+    );
+    assert_eq!(conditions, "False False false true");
+    // … and ready once it passes.
+    node.kubectl_ok(&["exec", "readiness", "--", "touch", "/tmp/ready"]);
+    node.wait_for(
+        "readiness Ready",
+        &[
+            "get",
+            "pod",
+            "readiness",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.containerStatuses[0].ready}",
+        ],
+        |s| s == "True true",
+    );
+    let row = node.kubectl_ok(&["get", "pod", "readiness", "--no-headers"]);
+    assert!(row.contains("1/1") && row.contains("Running"), "{row}");
+
+    // Liveness: the failing probe kills the container (SIGKILL after the grace period: Error,
+    // 137) and it restarts.
+    node.wait_for(
+        "liveness restarted",
+        &[
+            "get",
+            "pod",
+            "liveness",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ],
+        |s| s.parse::<i32>().is_ok_and(|n| n >= 1),
+    );
+    let last = node.pod_field(
+        "liveness",
+        "{.status.containerStatuses[0].lastState.terminated.reason} {.status.containerStatuses[0].lastState.terminated.exitCode}",
+    );
+    assert_eq!(last, "Error 137");
+    let events = pod_events(&node, "liveness");
+    for expected in [
+        "Unhealthy: Liveness probe failed",
+        "Killing: Container main failed liveness probe, will be restarted",
+        "Created: Created container: main",
+        "Started: Started container main",
+    ] {
+        assert!(events.contains(expected), "{expected} in\n{events}");
+    }
+    let describe = node.kubectl_ok(&["describe", "pod", "liveness"]);
+    assert!(describe.contains("Liveness probe failed"), "{describe}");
+
+    // Hooks: postStart ran after the start, preStop runs on delete before the container stops.
+    node.wait_for(
+        "hooks Running",
+        &["get", "pod", "hooks", "-o", "jsonpath={.status.phase}"],
+        |s| s == "Running",
+    );
+    let post = fs::read_to_string(hook_dir.join("post-start")).unwrap_or_default();
+    assert_eq!(post.trim(), "started");
+    assert!(!hook_dir.join("pre-stop").exists());
+    node.kubectl_ok(&["delete", "pod", "hooks", "--wait=true", "--timeout=120s"]);
+    let pre = fs::read_to_string(hook_dir.join("pre-stop")).unwrap_or_default();
+    assert_eq!(pre.trim(), "stopping");
+}

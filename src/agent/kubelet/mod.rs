@@ -21,6 +21,7 @@
 
 pub mod backoff;
 pub mod env;
+pub mod hooks;
 pub mod image_gc;
 pub mod lease;
 pub mod node;

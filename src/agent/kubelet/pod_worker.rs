@@ -16,11 +16,15 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::Resource as _;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument as _};
 
 use super::backoff::Backoff;
+use super::hooks;
+use super::probes::{self, ProbeEvent, ProbeKind, ProbeReport, ProbeTarget};
 use super::sandbox::{self, Sandbox, SandboxContext};
 use super::status::{self, ContainerView, PodView};
 use super::Kubelet;
@@ -73,7 +77,17 @@ pub fn spawn(
     let task = tokio::spawn(
         async move {
             let (exit_tx, exit_rx) = mpsc::channel(16);
+            let (probe_tx, probe_rx) = mpsc::channel(64);
+            let recorder = Recorder::new(
+                kubelet.client.clone(),
+                Reporter {
+                    controller: "kubelet".into(),
+                    instance: Some(kubelet.config.node_name.clone()),
+                },
+            );
             let mut worker = Worker {
+                probe_tx,
+                recorder,
                 kubelet,
                 uid,
                 pod,
@@ -91,7 +105,7 @@ pub fn spawn(
                 cancel: cancel.clone(),
             };
             worker.adopt(adopted);
-            worker.run(receiver, exit_rx).await;
+            worker.run(receiver, exit_rx, probe_rx).await;
         }
         .instrument(span),
     );
@@ -106,6 +120,13 @@ struct Slot {
     waiting: Option<(String, String)>,
     image_ref: Option<String>,
     image_id: Option<String>,
+    /// The container id the probe workers run for, and the token that stops them.
+    probed_id: Option<String>,
+    probes: Option<CancellationToken>,
+    /// The readiness probe's result (false until it passed).
+    ready: bool,
+    /// The startup probe passed (true when there is none).
+    started: bool,
 }
 
 enum Next {
@@ -124,6 +145,8 @@ struct Worker {
     slots: HashMap<String, Slot>,
     backoff: Backoff,
     exits: mpsc::Sender<String>,
+    probe_tx: mpsc::Sender<ProbeReport>,
+    recorder: Recorder,
     start_time: Option<Time>,
     failed: Option<(String, String)>,
     last_written: Option<PodStatus>,
@@ -197,6 +220,7 @@ impl Worker {
         &mut self,
         mut updates: watch::Receiver<PodUpdate>,
         mut exits: mpsc::Receiver<String>,
+        mut probe_reports: mpsc::Receiver<ProbeReport>,
     ) {
         loop {
             let next = self.sync().await;
@@ -215,6 +239,7 @@ impl Worker {
                     self.removed |= update.removed;
                 }
                 Some(id) = exits.recv() => debug!(container = %id, "container exited"),
+                Some(report) = probe_reports.recv() => self.on_probe(report).await,
                 _ = tokio::time::sleep_until(at.into()) => {}
             }
         }
@@ -286,6 +311,7 @@ impl Worker {
         if let Some(at) = self.run_containers().await {
             next = next.min(at);
         }
+        self.ensure_probes();
         self.write_status().await;
         if self.failed.is_some() {
             self.release_network().await;
@@ -420,6 +446,20 @@ impl Worker {
                 container.name,
                 self.uid
             );
+            let fresh = self.slots.get(&container.name).is_none_or(|slot| {
+                slot.waiting.as_ref().map(|w| w.0.as_str()) != Some("CrashLoopBackOff")
+            });
+            if fresh {
+                self.event(
+                    &container.name,
+                    EventType::Warning,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {} in pod {name}_{namespace}({})",
+                        container.name, self.uid
+                    ),
+                );
+            }
             if let Some(slot) = self.slots.get_mut(&container.name) {
                 slot.waiting = Some(("CrashLoopBackOff".into(), message));
             }
@@ -435,8 +475,8 @@ impl Worker {
         let now = Instant::now();
         let image_ref = container.image.clone().unwrap_or_default();
         let image_key = format!("image:{}", container.name);
-        let slot = self.slots.entry(container.name.clone()).or_default();
         if self.backoff.in_backoff(&image_key, now).is_some() {
+            let slot = self.slots.entry(container.name.clone()).or_default();
             slot.waiting = Some((
                 "ImagePullBackOff".into(),
                 format!("Back-off pulling image \"{image_ref}\""),
@@ -444,23 +484,52 @@ impl Worker {
             return self.backoff.ready_at(&image_key);
         }
         let policy = pull_policy(container);
+        let present = matches!(self.kubelet.images.find(&image_ref), Ok(Some(_)));
+        let will_pull =
+            policy == PullPolicy::Always || (policy == PullPolicy::IfNotPresent && !present);
+        if will_pull {
+            self.event(
+                &container.name,
+                EventType::Normal,
+                "Pulling",
+                format!("Pulling image \"{image_ref}\""),
+            );
+        }
+        let pull_started = Instant::now();
         let image = match self.kubelet.images.ensure(&image_ref, policy).await {
             Ok(image) => {
                 self.backoff.reset(&image_key);
+                let message = if !will_pull {
+                    format!("Container image \"{image_ref}\" already present on machine")
+                } else {
+                    format!(
+                        "Successfully pulled image \"{image_ref}\" in {:?}",
+                        pull_started.elapsed()
+                    )
+                };
+                self.event(&container.name, EventType::Normal, "Pulled", message);
                 image
             }
             Err(err) => {
                 warn!(image = %image_ref, error = %err, "pulling image");
+                self.event(
+                    &container.name,
+                    EventType::Warning,
+                    "Failed",
+                    format!("Failed to pull image \"{image_ref}\": {err}"),
+                );
                 self.backoff.next(&image_key, now);
                 let reason = if policy == PullPolicy::Never {
                     "ErrImageNeverPull"
                 } else {
                     "ErrImagePull"
                 };
+                let slot = self.slots.entry(container.name.clone()).or_default();
                 slot.waiting = Some((reason.into(), err.to_string()));
                 return self.backoff.ready_at(&image_key);
             }
         };
+        let slot = self.slots.entry(container.name.clone()).or_default();
         slot.image_ref = image.names.first().cloned();
         slot.image_id = Some(
             image
@@ -515,16 +584,63 @@ impl Worker {
             Err(err) => {
                 warn!(container = %container.name, error = %err, "creating container");
                 slot.waiting = Some(("CreateContainerError".into(), err.to_string()));
+                self.event(
+                    &container.name,
+                    EventType::Warning,
+                    "Failed",
+                    format!("Error: {err}"),
+                );
                 return Some(now + RETRY);
             }
         };
+        self.event(
+            &container.name,
+            EventType::Normal,
+            "Created",
+            format!("Created container: {}", container.name),
+        );
         if let Err(err) = runtime.start(&id).await {
             warn!(container = %container.name, error = %err, "starting container");
-            slot.waiting = Some(("RunContainerError".into(), err.to_string()));
+            if let Some(slot) = self.slots.get_mut(&container.name) {
+                slot.waiting = Some(("RunContainerError".into(), err.to_string()));
+            }
+            self.event(
+                &container.name,
+                EventType::Warning,
+                "Failed",
+                format!("Error: {err}"),
+            );
             let _ = runtime.remove(&id).await;
             return Some(now + RETRY);
         }
         info!(container = %container.name, id = %id, attempt, "container started");
+        self.event(
+            &container.name,
+            EventType::Normal,
+            "Started",
+            format!("Started container {}", container.name),
+        );
+        if let Some(hook) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+        {
+            let target = self.probe_target(&id);
+            // kubelet gives postStart no deadline of its own; the grace period bounds ours.
+            let timeout = Duration::from_secs(u64::try_from(self.grace_period()).unwrap_or(0))
+                .max(Duration::from_secs(DEFAULT_GRACE as u64));
+            if let Err(message) = hooks::run(&runtime, container, hook, &target, timeout).await {
+                warn!(container = %container.name, %message, "postStart hook failed");
+                self.event(
+                    &container.name,
+                    EventType::Warning,
+                    "FailedPostStartHook",
+                    format!("PostStartHook failed: {message}"),
+                );
+                self.kill_container(container, &id, "FailedPostStartHook".into(), None)
+                    .await;
+            }
+        }
         let status = match runtime.status(&id).await {
             Ok(status) => status,
             Err(err) => {
@@ -549,6 +665,232 @@ impl Worker {
         None
     }
 
+    /// Records a kubelet event on the pod, naming the container in the field path.
+    fn event(&self, container: &str, type_: EventType, reason: &str, note: String) {
+        let mut reference = self.pod.object_ref(&());
+        let init = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_some_and(|list| list.iter().any(|c| c.name == container));
+        let field = if init { "initContainers" } else { "containers" };
+        reference.field_path = Some(format!("spec.{field}{{{container}}}"));
+        let event = KubeEvent {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move {
+            if let Err(err) = recorder.publish(&event, &reference).await {
+                debug!(error = %err, "recording an event");
+            }
+        });
+    }
+
+    /// Where probes and hooks of container `id` go: the pod IP (the node's for hostNetwork).
+    fn probe_target(&self, id: &str) -> ProbeTarget {
+        ProbeTarget {
+            pod_ip: self.sandbox.as_ref().map(|s| s.ip),
+            host_ip: self.kubelet.host_ip(),
+            container_id: id.to_string(),
+        }
+    }
+
+    /// Starts probe workers for containers that started running and stops those of
+    /// containers that are gone, as kubelet's probe manager does on each pod sync.
+    fn ensure_probes(&mut self) {
+        let Some(spec) = self.pod.spec.clone() else {
+            return;
+        };
+        for container in &spec.containers {
+            let Some(slot) = self.slots.get_mut(&container.name) else {
+                continue;
+            };
+            let running = slot
+                .current
+                .as_ref()
+                .filter(|c| c.state == State::Running)
+                .map(|c| c.id.clone());
+            if slot.probed_id == running {
+                continue;
+            }
+            if let Some(token) = slot.probes.take() {
+                token.cancel();
+            }
+            slot.probed_id = running.clone();
+            slot.ready = false;
+            slot.started = container.startup_probe.is_none();
+            let Some(id) = running else {
+                continue;
+            };
+            let token = self.cancel.child_token();
+            slot.probes = Some(token.clone());
+            if let Some(probe) = &container.startup_probe {
+                self.spawn_probe(container, ProbeKind::Startup, probe, &id, &token);
+            } else {
+                self.spawn_after_startup(container, &id, &token);
+            }
+        }
+    }
+
+    /// Liveness and readiness run once the container has started.
+    fn spawn_after_startup(&self, container: &Container, id: &str, token: &CancellationToken) {
+        if let Some(probe) = &container.liveness_probe {
+            self.spawn_probe(container, ProbeKind::Liveness, probe, id, token);
+        }
+        if let Some(probe) = &container.readiness_probe {
+            self.spawn_probe(container, ProbeKind::Readiness, probe, id, token);
+        }
+    }
+
+    fn spawn_probe(
+        &self,
+        container: &Container,
+        kind: ProbeKind,
+        probe: &k8s_openapi::api::core::v1::Probe,
+        id: &str,
+        token: &CancellationToken,
+    ) {
+        let probe = match probes::resolve_named_ports(probe, container) {
+            Ok(probe) => probe,
+            Err(err) => {
+                warn!(container = %container.name, %kind, error = %err, "probe not started");
+                self.event(
+                    &container.name,
+                    EventType::Warning,
+                    "Unhealthy",
+                    format!("{kind} probe errored: {err}"),
+                );
+                return;
+            }
+        };
+        probes::spawn_worker(
+            self.kubelet.runtime.clone(),
+            kind,
+            probe,
+            self.probe_target(id),
+            self.probe_tx.clone(),
+            container.name.clone(),
+            token.clone(),
+        );
+    }
+
+    /// Acts on a probe worker's report for the container that is current.
+    async fn on_probe(&mut self, report: ProbeReport) {
+        let Some(container) = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|c| c.name == report.container))
+            .cloned()
+        else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(&report.container) else {
+            return;
+        };
+        if slot.probed_id.as_deref() != Some(report.container_id.as_str()) {
+            return;
+        }
+        match (report.kind, report.event) {
+            (kind, ProbeEvent::AttemptFailed(message)) => self.event(
+                &container.name,
+                EventType::Warning,
+                "Unhealthy",
+                format!("{kind} probe failed: {message}"),
+            ),
+            (ProbeKind::Readiness, ProbeEvent::Changed(ready)) => slot.ready = ready,
+            (ProbeKind::Startup, ProbeEvent::Changed(true)) => {
+                slot.started = true;
+                if let Some(token) = slot.probes.clone() {
+                    self.spawn_after_startup(&container, &report.container_id, &token);
+                }
+            }
+            (ProbeKind::Liveness, ProbeEvent::Changed(true)) => {}
+            (kind, ProbeEvent::Changed(false)) => {
+                let lower = kind.to_string().to_lowercase();
+                info!(container = %container.name, %kind, "probe failed, restarting the container");
+                let message = format!(
+                    "Container {} failed {lower} probe, will be restarted",
+                    container.name
+                );
+                let probe = match kind {
+                    ProbeKind::Startup => container.startup_probe.as_ref(),
+                    _ => container.liveness_probe.as_ref(),
+                };
+                let grace = probe.and_then(|p| p.termination_grace_period_seconds);
+                self.kill_container(&container, &report.container_id, message, grace)
+                    .await;
+            }
+        }
+    }
+
+    /// Stops one container as kubelet's killContainer does: `Killing` event, preStop hook,
+    /// SIGTERM, the grace period, SIGKILL. The pod worker restarts it per restartPolicy.
+    async fn kill_container(
+        &mut self,
+        container: &Container,
+        id: &str,
+        message: String,
+        grace_override: Option<i64>,
+    ) {
+        if let Some(slot) = self.slots.get_mut(&container.name) {
+            if let Some(token) = slot.probes.take() {
+                token.cancel();
+            }
+        }
+        self.event(&container.name, EventType::Normal, "Killing", message);
+        let grace_seconds = grace_override
+            .filter(|g| *g > 0)
+            .unwrap_or_else(|| self.grace_period());
+        let grace = Duration::from_secs(u64::try_from(grace_seconds).unwrap_or(0));
+        let remaining = self.pre_stop(container, id, grace).await;
+        match self.kubelet.runtime.stop(id, remaining).await {
+            Ok(status) => {
+                if let Some(slot) = self.slots.get_mut(&container.name) {
+                    if slot.current.as_ref().is_some_and(|c| c.id == id) {
+                        slot.current = Some(status);
+                    }
+                }
+            }
+            Err(err) => warn!(container = %id, error = %err, "stopping container"),
+        }
+    }
+
+    /// Runs the container's preStop hook (if any) within `grace`; returns what is left of it.
+    async fn pre_stop(&self, container: &Container, id: &str, grace: Duration) -> Duration {
+        let Some(hook) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+        else {
+            return grace;
+        };
+        let started = Instant::now();
+        let target = self.probe_target(id);
+        let run = hooks::run(&self.kubelet.runtime, container, hook, &target, grace);
+        match tokio::time::timeout(grace, run).await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                warn!(container = %container.name, %message, "preStop hook failed");
+                self.event(
+                    &container.name,
+                    EventType::Warning,
+                    "FailedPreStopHook",
+                    format!("PreStopHook failed: {message}"),
+                );
+            }
+            Err(_) => {
+                warn!(container = %container.name, "preStop hook ran out of the grace period")
+            }
+        }
+        grace.saturating_sub(started.elapsed())
+    }
+
     fn view(&self) -> PodView<'_> {
         let spec = self.pod.spec.as_ref();
         let to_view = |c: &Container| {
@@ -561,8 +903,8 @@ impl Worker {
                 current: slot.current,
                 previous: slot.previous,
                 waiting: slot.waiting,
-                // Readiness probes come with the probes module; until then running is ready.
-                ready: true,
+                ready: c.readiness_probe.is_none() || slot.ready,
+                started: c.startup_probe.is_none() || slot.started,
             }
         };
         PodView {
@@ -641,15 +983,49 @@ impl Worker {
         let grace = Duration::from_secs(u64::try_from(self.grace_period()).unwrap_or(0));
         info!(?grace, "stopping pod");
         let runtime = self.kubelet.runtime.clone();
+        for slot in self.slots.values_mut() {
+            if let Some(token) = slot.probes.take() {
+                token.cancel();
+            }
+        }
         let ids: Vec<String> = self
             .slots
             .values()
             .flat_map(|s| s.current.iter().chain(s.previous.iter()))
             .map(|c| c.id.clone())
             .collect();
+        let containers: Vec<Container> = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .chain(s.containers.iter())
+            })
+            .cloned()
+            .collect();
+        let this = &*self;
         let stops = ids.iter().map(|id| {
             let runtime = runtime.clone();
+            let spec = this
+                .slots
+                .values()
+                .filter_map(|s| s.current.as_ref())
+                .find(|c| &c.id == id && c.state == State::Running)
+                .and_then(|c| containers.iter().find(|spec| spec.name == c.name));
             async move {
+                let mut grace = grace;
+                if let Some(container) = spec {
+                    this.event(
+                        &container.name,
+                        EventType::Normal,
+                        "Killing",
+                        format!("Stopping container {}", container.name),
+                    );
+                    grace = this.pre_stop(container, id, grace).await;
+                }
                 if let Err(err) = runtime.stop(id, grace).await {
                     warn!(container = %id, error = %err, "stopping container");
                 }

@@ -499,15 +499,33 @@ pub fn initial_result(kind: ProbeKind) -> Option<bool> {
     }
 }
 
+/// What a probe worker tells the pod worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeEvent {
+    /// The thresholded result changed (true = passing).
+    Changed(bool),
+    /// One attempt failed, with kubelet's message (for the `Unhealthy` event).
+    AttemptFailed(String),
+}
+
+/// One report of a probe worker, naming the container (by name and id) it probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    pub kind: ProbeKind,
+    pub container: String,
+    pub container_id: String,
+    pub event: ProbeEvent,
+}
+
 /// A worker honouring initialDelaySeconds, periodSeconds, timeoutSeconds,
-/// success/failureThreshold; sends each change of the thresholded result (true = passing) on
-/// `results`; stops on `cancel`.
+/// success/failureThreshold; sends each change of the thresholded result (true = passing) and,
+/// without waiting, each failed attempt on `results`; stops on `cancel`.
 pub fn spawn_worker(
     runtime: Runtime,
     kind: ProbeKind,
     probe: Probe,
     target: ProbeTarget,
-    results: tokio::sync::mpsc::Sender<(ProbeKind, String, bool)>,
+    results: tokio::sync::mpsc::Sender<ProbeReport>,
     container_name: String,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -540,10 +558,19 @@ pub fn spawn_worker(
                     () = cancel.cancelled() => return,
                     outcome = probe_once(&runtime, &probe, &target) => outcome,
                 };
+                let report = |event: ProbeEvent| ProbeReport {
+                    kind,
+                    container: container_name.clone(),
+                    container_id: target.container_id.clone(),
+                    event,
+                };
                 let passed = match &outcome {
                     ProbeOutcome::Success => true,
                     ProbeOutcome::Failure(message) => {
                         tracing::debug!(%message, "probe failed");
+                        // Events are best effort: a full channel drops one, never blocks.
+                        let _ =
+                            results.try_send(report(ProbeEvent::AttemptFailed(message.clone())));
                         false
                     }
                 };
@@ -554,7 +581,7 @@ pub fn spawn_worker(
                         tracing::info!(%message, "probe failed past its threshold");
                     }
                     if results
-                        .send((kind, container_name.clone(), result))
+                        .send(report(ProbeEvent::Changed(result)))
                         .await
                         .is_err()
                     {

@@ -36,6 +36,8 @@ pub struct ContainerView {
     pub waiting: Option<(String, String)>,
     /// Readiness when running (no readiness probe: true).
     pub ready: bool,
+    /// The startup probe passed when running (no startup probe: true).
+    pub started: bool,
 }
 
 /// Everything [`build`] needs.
@@ -148,8 +150,10 @@ fn container_status(view: &ContainerView, default_waiting: &str) -> ContainerSta
         }
     }
     let running = current.state == State::Running;
-    status.started = Some(running);
-    status.ready = running && view.ready;
+    // kubelet: started follows the startup probe, and only a started container can be ready.
+    let started = running && view.started;
+    status.started = Some(started);
+    status.ready = started && view.ready;
     status
 }
 
@@ -488,5 +492,85 @@ mod tests {
             },
         );
         assert_eq!(phase(&v), "Pending");
+    }
+
+    #[test]
+    fn readiness_and_startup_results_drive_ready_started_and_the_conditions() {
+        let pod = pod("Always");
+        let running = runtime::ContainerStatus {
+            state: State::Running,
+            finished_at: None,
+            exit_code: None,
+            reason: None,
+            ..exited(0, 0)
+        };
+        let shown = |ready: bool, started: bool| {
+            let v = view(
+                &pod,
+                ContainerView {
+                    name: "c".into(),
+                    current: Some(running.clone()),
+                    ready,
+                    started,
+                    ..ContainerView::default()
+                },
+            );
+            let status = build(&v, None);
+            let container = status
+                .container_statuses
+                .as_ref()
+                .and_then(|c| c.first())
+                .cloned()
+                .expect("container status");
+            let condition = |type_: &str| {
+                status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .find(|c| c.type_ == type_)
+                    .map(|c| c.status.clone())
+                    .unwrap_or_default()
+            };
+            (
+                container.started,
+                container.ready,
+                condition("ContainersReady"),
+                condition("Ready"),
+                status.phase,
+            )
+        };
+        let running_phase = Some("Running".to_string());
+        // The startup probe has not passed: neither started nor ready, even if readiness says so.
+        assert_eq!(
+            shown(true, false),
+            (
+                Some(false),
+                false,
+                "False".into(),
+                "False".into(),
+                running_phase.clone()
+            )
+        );
+        // Started, readiness failing: started but not ready.
+        assert_eq!(
+            shown(false, true),
+            (
+                Some(true),
+                false,
+                "False".into(),
+                "False".into(),
+                running_phase.clone()
+            )
+        );
+        assert_eq!(
+            shown(true, true),
+            (
+                Some(true),
+                true,
+                "True".into(),
+                "True".into(),
+                running_phase
+            )
+        );
     }
 }

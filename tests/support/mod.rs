@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod hollow;
+pub mod node;
 pub mod registry;
 pub mod rootfs;
 pub mod server;

@@ -8,4 +8,5 @@ pub mod agent;
 pub mod check_config;
 pub mod cli;
 pub mod config;
+pub mod quantity;
 pub mod server;

@@ -60,6 +60,30 @@ fn the_node_registers_ready_and_runs_pods_through_their_life() {
         "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
     ]);
     assert!(address.starts_with("10.234."), "{address}");
+    // Allocatable is capacity less the hard eviction threshold for memory (100Mi); the
+    // imported test image is listed in status.images.
+    let memory = |field: &str| -> u64 {
+        let text = node.kubectl_ok(&[
+            "get",
+            "node",
+            &name,
+            "-o",
+            &format!("jsonpath={{.status.{field}.memory}}"),
+        ]);
+        text.trim_end_matches("Ki").parse().expect("memory in Ki")
+    };
+    assert_eq!(memory("capacity") - memory("allocatable"), 100 * 1024);
+    node.wait_for(
+        "the test image in status.images",
+        &[
+            "get",
+            "node",
+            &name,
+            "-o",
+            "jsonpath={.status.images[*].names}",
+        ],
+        |s| s.contains(IMAGE),
+    );
 
     // kubectl run: Running with a pod IP from the node's CIDR, and output in the log.
     node.kubectl_ok(&[
@@ -275,6 +299,96 @@ fn a_server_restart_leaves_running_pods_running() {
     // And it is still managed: deleting it works.
     node.kubectl_ok(&["delete", "pod", "survivor", "--wait=true", "--timeout=120s"]);
     assert!(node.containers_of(&uid).is_empty());
+}
+
+#[test]
+fn reservations_shrink_allocatable_and_pressure_taints_the_node() {
+    if !require("reservations_shrink_allocatable_and_pressure_taints_the_node") {
+        return;
+    }
+    // pid.available below 100% of pid_max is always true: the node is under PID pressure.
+    let node = Node::start_with(
+        "pressure",
+        &[
+            "--system-reserved",
+            "cpu=250m",
+            "--kube-reserved",
+            "memory=64Mi",
+            "--eviction-hard",
+            "pid.available<100%",
+        ],
+    );
+    let name = node.name.clone();
+    let field = |path: &str| {
+        node.kubectl_ok(&["get", "node", &name, "-o", &format!("jsonpath={{{path}}}")])
+    };
+    node.wait_for(
+        "PIDPressure True",
+        &[
+            "get",
+            "node",
+            &name,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"PIDPressure\")].reason}",
+        ],
+        |s| s == "KubeletHasInsufficientPID",
+    );
+    let cpus: u64 = field(".status.capacity.cpu").parse().expect("cpu");
+    assert_eq!(
+        field(".status.allocatable.cpu"),
+        format!("{}m", cpus * 1000 - 250)
+    );
+    let memory = |which: &str| -> u64 {
+        field(&format!(".status.{which}.memory"))
+            .trim_end_matches("Ki")
+            .parse()
+            .expect("memory in Ki")
+    };
+    assert_eq!(
+        memory("capacity") - memory("allocatable"),
+        (64 + 100) * 1024
+    );
+    // The node lifecycle controller taints it; a pod without the toleration stays Pending
+    // with the scheduler's reason.
+    node.wait_for(
+        "the pid-pressure taint",
+        &["get", "node", &name, "-o", "jsonpath={.spec.taints[*].key}"],
+        |s| s.contains("node.kubernetes.io/pid-pressure"),
+    );
+    node.kubectl_ok(&[
+        "run",
+        "kept-off",
+        &format!("--image={IMAGE}"),
+        "--command",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    node.wait_for(
+        "kept-off unschedulable",
+        &[
+            "get",
+            "pod",
+            "kept-off",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].message}",
+        ],
+        |s| s.contains("node.kubernetes.io/pid-pressure"),
+    );
+    // Cordoning adds the unschedulable taint too; uncordoning removes it.
+    node.kubectl_ok(&["cordon", &name]);
+    node.wait_for(
+        "the unschedulable taint",
+        &["get", "node", &name, "-o", "jsonpath={.spec.taints[*].key}"],
+        |s| s.contains("node.kubernetes.io/unschedulable"),
+    );
+    node.kubectl_ok(&["uncordon", &name]);
+    node.wait_for(
+        "the unschedulable taint gone",
+        &["get", "node", &name, "-o", "jsonpath={.spec.taints[*].key}"],
+        |s| !s.contains("node.kubernetes.io/unschedulable"),
+    );
+    node.kubectl_ok(&["delete", "pod", "kept-off", "--wait=false"]);
 }
 
 /// The events of pod `pod` as `reason: note` lines (events.k8s.io/v1, as the kubelet records

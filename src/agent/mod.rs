@@ -139,6 +139,8 @@ pub async fn run_embedded(
             cluster_domain: config.cluster_domain.clone(),
             cluster_cidr: config.cluster_cidr.clone(),
             control_plane: config.control_plane,
+            eviction_hard: config.eviction_hard.clone(),
+            reserved: config.reserved,
         }),
         runtime,
         images,

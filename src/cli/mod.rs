@@ -199,6 +199,37 @@ pub struct NodeArgs {
     )]
     pub agent_run_dir: PathBuf,
 
+    /// Resources held back for Kubernetes' own daemons, RESOURCE=QUANTITY (cpu, memory, ephemeral-storage, pid)
+    #[arg(
+        long,
+        env = "CLUSTER_KUBE_RESERVED",
+        value_delimiter = ',',
+        value_name = "RESOURCE=QUANTITY",
+        help_heading = "Agent"
+    )]
+    pub kube_reserved: Vec<String>,
+
+    /// Resources held back for the operating system, RESOURCE=QUANTITY (cpu, memory, ephemeral-storage, pid)
+    #[arg(
+        long,
+        env = "CLUSTER_SYSTEM_RESERVED",
+        value_delimiter = ',',
+        value_name = "RESOURCE=QUANTITY",
+        help_heading = "Agent"
+    )]
+    pub system_reserved: Vec<String>,
+
+    /// Hard eviction thresholds, SIGNAL<QUANTITY or SIGNAL<PERCENT% (memory.available, nodefs.available, nodefs.inodesFree, imagefs.available, imagefs.inodesFree, pid.available); below one the node reports pressure
+    #[arg(
+        long,
+        env = "CLUSTER_EVICTION_HARD",
+        value_delimiter = ',',
+        default_value = crate::agent::kubelet::eviction::DEFAULT_EVICTION_HARD,
+        value_name = "SIGNAL<AMOUNT",
+        help_heading = "Agent"
+    )]
+    pub eviction_hard: Vec<String>,
+
     /// IP address of the cluster DNS service, written into pods' /etc/resolv.conf
     #[arg(
         long,

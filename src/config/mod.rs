@@ -25,6 +25,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::agent::kubelet::eviction;
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches};
 use serde_yaml::Value;
@@ -169,6 +170,10 @@ pub struct NodeConfig {
     pub control_plane: bool,
     /// The registries file (mirrors, credentials, TLS).
     pub private_registry: PathBuf,
+    /// `--eviction-hard`.
+    pub eviction_hard: Vec<crate::agent::kubelet::eviction::Threshold>,
+    /// `--kube-reserved` plus `--system-reserved`.
+    pub reserved: crate::agent::kubelet::eviction::Reserved,
 }
 
 /// Parses `--node-label` values (`key=value`; the value may be empty).
@@ -737,6 +742,14 @@ fn node_config(args: &ServerArgs) -> Result<NodeConfig, ConfigError> {
         cluster_cidr: args.networking.cluster_cidr.clone(),
         control_plane: true,
         private_registry: PathBuf::from(crate::cli::DEFAULT_PRIVATE_REGISTRY),
+        eviction_hard: eviction::parse_thresholds(&args.node.eviction_hard)
+            .map_err(|e| ConfigError::Invalid(format!("--eviction-hard: {e}")))?,
+        reserved: eviction::parse_reserved("--kube-reserved", &args.node.kube_reserved)
+            .map_err(ConfigError::Invalid)?
+            .plus(
+                eviction::parse_reserved("--system-reserved", &args.node.system_reserved)
+                    .map_err(ConfigError::Invalid)?,
+            ),
     })
 }
 
@@ -1101,6 +1114,50 @@ mod tests {
             .server(&["--node-label", "novalue"])
             .expect_err("bad label");
         assert!(err.to_string().contains("--node-label"), "{err}");
+    }
+
+    #[test]
+    fn reservations_and_eviction_thresholds_resolve() {
+        let _env = env_lock();
+        let fixture = Fixture::new(
+            "kube-reserved: [cpu=100m, memory=128Mi]
+",
+        );
+        let agent = fixture
+            .server(&["--system-reserved", "cpu=400m,pid=100"])
+            .expect("resolve")
+            .agent
+            .expect("agent");
+        assert_eq!(agent.reserved.cpu_milli, 500);
+        assert_eq!(agent.reserved.memory_bytes, 128 << 20);
+        assert_eq!(agent.reserved.pids, 100);
+        // The kubelet's defaults, unless given.
+        assert_eq!(
+            agent.eviction_hard,
+            eviction::parse_thresholds(
+                &eviction::DEFAULT_EVICTION_HARD
+                    .split(',')
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            )
+            .expect("defaults")
+        );
+        let agent = fixture
+            .server(&["--eviction-hard", "pid.available<5%"])
+            .expect("resolve")
+            .agent
+            .expect("agent");
+        assert_eq!(agent.eviction_hard.len(), 1);
+        for (flag, value) in [
+            ("--eviction-hard", "memory.available>1Gi"),
+            ("--eviction-hard", "disk.free<1Gi"),
+            ("--system-reserved", "gpu=1"),
+            ("--kube-reserved", "memory=lots"),
+        ] {
+            let err = fixture.server(&[flag, value]).expect_err(value);
+            assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
+            assert_eq!(err.exit_code(), 2, "{err}");
+        }
     }
 
     #[test]

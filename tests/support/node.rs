@@ -86,6 +86,11 @@ pub struct Node {
 
 impl Node {
     pub fn start(test: &str) -> Node {
+        Node::start_with(test, &[])
+    }
+
+    /// A node whose server gets `extra` flags besides the fixture's own.
+    pub fn start_with(test: &str, extra: &[&str]) -> Node {
         let n: u16 = rand_byte();
         let netns = format!("clkt-{n}-{}", std::process::id() % 10000);
         let host_veth = format!("clkh{n}x{}", std::process::id() % 1000);
@@ -116,7 +121,7 @@ impl Node {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
             l.local_addr().expect("addr").port()
         };
-        let args = vec![
+        let args: Vec<String> = [
             "--node-name".to_string(),
             name,
             "--node-label".into(),
@@ -127,7 +132,10 @@ impl Node {
             node.logs().display().to_string(),
             "--agent-run-dir".into(),
             node.run_dir().display().to_string(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|a| a.to_string()))
+        .collect();
         node.server = Some(TestServer::start_with_agent(AgentOptions {
             address: Some(format!("{subnet}.2")),
             wrapper: vec!["nsenter".into(), format!("--net=/run/netns/{netns}")],

@@ -80,7 +80,17 @@ impl TestServer {
             kubeconfig: dir.path().join("kubeconfig.yaml"),
             dir,
             child: None,
-            extra: options.args,
+            // The machine's disk is shared and not under test: the kubelet's default
+            // thresholds (imagefs.available<15%) would report DiskPressure, taint the node and
+            // keep pods off it on a busy disk. Memory stays at the default. (A second
+            // `--eviction-hard` in `options.args` would add to these, not replace them.)
+            extra: [
+                "--eviction-hard".to_string(),
+                "memory.available<100Mi,nodefs.available<1%".to_string(),
+            ]
+            .into_iter()
+            .chain(options.args)
+            .collect(),
             address: options.address.unwrap_or_else(|| "127.0.0.1".into()),
             wrapper: options.wrapper,
         };

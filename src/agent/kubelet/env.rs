@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::{Api, ListParams};
 
-use crate::server::scheduler::quantity::parse_milli;
+use crate::quantity::parse_milli;
 
 /// Why a container's environment cannot be built. The Display text is the message kubelet shows
 /// with `CreateContainerConfigError`.

@@ -21,6 +21,7 @@
 
 pub mod backoff;
 pub mod env;
+pub mod eviction;
 pub mod hooks;
 pub mod image_gc;
 pub mod lease;
@@ -63,6 +64,10 @@ pub struct KubeletConfig {
     pub cluster_domain: String,
     pub cluster_cidr: String,
     pub control_plane: bool,
+    /// `--eviction-hard`: the pressure conditions and the part of capacity kept from pods.
+    pub eviction_hard: Vec<eviction::Threshold>,
+    /// `--kube-reserved` plus `--system-reserved`.
+    pub reserved: eviction::Reserved,
 }
 
 /// Why the kubelet failed. API and runtime errors inside loops are logged and retried; these

@@ -12,16 +12,18 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
-    NodeSystemInfo, Taint,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
+    NodeSpec, NodeStatus, NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::eviction;
 use super::status::now;
 use super::{Kubelet, KubeletConfig, KubeletError};
+use crate::agent::runtime::image::Image;
 
 /// Pods a node takes, as the kubelet's default `--max-pods`.
 pub const MAX_PODS: u32 = 110;
@@ -29,10 +31,8 @@ pub const MAX_PODS: u32 = 110;
 const STATUS_CHECK: Duration = Duration::from_secs(10);
 /// The status is posted at least this often even when unchanged.
 const STATUS_REPORT: Duration = Duration::from_secs(60);
-/// The kubelet's default hard eviction threshold for memory.available.
-const MEMORY_AVAILABLE_MIN: u64 = 100 << 20;
-/// The kubelet's default hard eviction threshold for nodefs.available, in percent.
-const DISK_AVAILABLE_MIN_PERCENT: u64 = 10;
+/// At most this many images in `status.images` (the kubelet's `--node-status-max-images`).
+const MAX_IMAGES: usize = 50;
 
 /// The kubelet version this node reports: the API's version.
 pub fn kubelet_version() -> String {
@@ -51,6 +51,12 @@ pub struct HostFacts {
     pub memory_available_bytes: u64,
     pub disk_bytes: u64,
     pub disk_available_bytes: u64,
+    pub inodes: u64,
+    pub inodes_free: u64,
+    /// `kernel.pid_max`.
+    pub pid_max: u64,
+    /// Threads running on the host (each holds a PID), from /proc/loadavg.
+    pub threads: u64,
     pub kernel: String,
     pub os_image: String,
     pub machine_id: String,
@@ -91,10 +97,25 @@ pub fn host_facts(data_dir: &std::path::Path) -> HostFacts {
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
         .map(|v| v.trim_matches('"').to_string())
         .unwrap_or_else(|| "Linux".into());
-    let (disk_bytes, disk_available_bytes) = std::iter::successors(Some(data_dir), |p| p.parent())
-        .find_map(|dir| rustix::fs::statvfs(dir).ok())
-        .map(|s| (s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize))
-        .unwrap_or((0, 0));
+    let (disk_bytes, disk_available_bytes, inodes, inodes_free) =
+        std::iter::successors(Some(data_dir), |p| p.parent())
+            .find_map(|dir| rustix::fs::statvfs(dir).ok())
+            .map(|s| {
+                (
+                    s.f_blocks * s.f_frsize,
+                    s.f_bavail * s.f_frsize,
+                    s.f_files,
+                    s.f_favail,
+                )
+            })
+            .unwrap_or((0, 0, 0, 0));
+    // "0.12 0.30 0.40 2/613 4242": the fourth field is running/total scheduling entities.
+    let threads = read("/proc/loadavg")
+        .split_whitespace()
+        .nth(3)
+        .and_then(|f| f.split_once('/'))
+        .and_then(|(_, total)| total.parse().ok())
+        .unwrap_or(0);
     HostFacts {
         cpus: std::thread::available_parallelism()
             .map(|n| n.get() as u64)
@@ -103,6 +124,10 @@ pub fn host_facts(data_dir: &std::path::Path) -> HostFacts {
         memory_available_bytes: meminfo_kib(&meminfo, "MemAvailable").unwrap_or(0) * 1024,
         disk_bytes,
         disk_available_bytes,
+        inodes,
+        inodes_free,
+        pid_max: read("/proc/sys/kernel/pid_max").parse().unwrap_or(0),
+        threads,
         kernel: read("/proc/sys/kernel/osrelease"),
         os_image,
         machine_id: read("/etc/machine-id"),
@@ -128,21 +153,30 @@ fn condition(
     }
 }
 
+/// The signals the eviction thresholds are checked against.
+pub fn observations(facts: &HostFacts) -> eviction::Observations {
+    let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    eviction::Observations {
+        memory_bytes: signed(facts.memory_bytes),
+        memory_available_bytes: signed(facts.memory_available_bytes),
+        disk_bytes: signed(facts.disk_bytes),
+        disk_available_bytes: signed(facts.disk_available_bytes),
+        inodes: signed(facts.inodes),
+        inodes_free: signed(facts.inodes_free),
+        pid_max: signed(facts.pid_max),
+        threads: signed(facts.threads),
+    }
+}
+
 /// The conditions as the kubelet's setters word them (times are filled in by [`with_times`]).
-pub fn conditions(facts: &HostFacts, network_ready: bool) -> Vec<NodeCondition> {
-    let memory_ok = facts.memory_bytes == 0 || facts.memory_available_bytes >= MEMORY_AVAILABLE_MIN;
-    let disk_ok = facts.disk_bytes == 0
-        || facts.disk_available_bytes * 100 >= facts.disk_bytes * DISK_AVAILABLE_MIN_PERCENT;
+pub fn conditions(
+    config: &KubeletConfig,
+    facts: &HostFacts,
+    network_ready: bool,
+) -> Vec<NodeCondition> {
+    let pressure = eviction::pressure(&config.eviction_hard, &observations(facts));
     let mut list = vec![
-        if memory_ok {
-            condition(
-                "MemoryPressure",
-                false,
-                true,
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available",
-            )
-        } else {
+        if pressure.memory {
             condition(
                 "MemoryPressure",
                 false,
@@ -150,16 +184,16 @@ pub fn conditions(facts: &HostFacts, network_ready: bool) -> Vec<NodeCondition> 
                 "KubeletHasInsufficientMemory",
                 "kubelet has insufficient memory available",
             )
-        },
-        if disk_ok {
+        } else {
             condition(
-                "DiskPressure",
+                "MemoryPressure",
                 false,
                 true,
-                "KubeletHasNoDiskPressure",
-                "kubelet has no disk pressure",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
             )
-        } else {
+        },
+        if pressure.disk {
             condition(
                 "DiskPressure",
                 false,
@@ -167,14 +201,32 @@ pub fn conditions(facts: &HostFacts, network_ready: bool) -> Vec<NodeCondition> 
                 "KubeletHasDiskPressure",
                 "kubelet has disk pressure",
             )
+        } else {
+            condition(
+                "DiskPressure",
+                false,
+                true,
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure",
+            )
         },
-        condition(
-            "PIDPressure",
-            false,
-            true,
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
-        ),
+        if pressure.pid {
+            condition(
+                "PIDPressure",
+                false,
+                false,
+                "KubeletHasInsufficientPID",
+                "kubelet has insufficient PID available",
+            )
+        } else {
+            condition(
+                "PIDPressure",
+                false,
+                true,
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            )
+        },
     ];
     list.push(if network_ready {
         condition("Ready", true, true, "KubeletReady", "kubelet is posting ready status")
@@ -218,8 +270,26 @@ pub fn status(config: &KubeletConfig, facts: &HostFacts) -> NodeStatus {
         "ephemeral-storage".to_string(),
         Quantity(format!("{}Ki", facts.disk_bytes / 1024)),
     );
-    // No reservations (--kube-reserved, --system-reserved) by default: allocatable = capacity.
-    let allocatable = capacity.clone();
+    let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let left = eviction::allocatable(
+        eviction::Capacity {
+            cpu_milli: signed(facts.cpus).saturating_mul(1000),
+            memory_bytes: signed(facts.memory_bytes),
+            ephemeral_storage_bytes: signed(facts.disk_bytes),
+        },
+        config.reserved,
+        &config.eviction_hard,
+    );
+    let mut allocatable = capacity.clone();
+    allocatable.insert("cpu".to_string(), Quantity(cpu_quantity(left.cpu_milli)));
+    allocatable.insert(
+        "memory".to_string(),
+        Quantity(format!("{}Ki", left.memory_bytes / 1024)),
+    );
+    allocatable.insert(
+        "ephemeral-storage".to_string(),
+        Quantity(format!("{}Ki", left.ephemeral_storage_bytes / 1024)),
+    );
     let mut addresses = Vec::new();
     if let Some(ip) = config.node_ips.first() {
         addresses.push(NodeAddress {
@@ -257,6 +327,36 @@ pub fn status(config: &KubeletConfig, facts: &HostFacts) -> NodeStatus {
     }
 }
 
+/// Millicores as the API prints them: whole cores without a suffix, else `<n>m`.
+fn cpu_quantity(milli: i64) -> String {
+    if milli % 1000 == 0 {
+        (milli / 1000).to_string()
+    } else {
+        format!("{milli}m")
+    }
+}
+
+/// `status.images` as the kubelet's Images setter builds it: repo digests then tags per
+/// image, largest first, at most [`MAX_IMAGES`].
+pub fn images(list: &[Image]) -> Vec<ContainerImage> {
+    let mut list: Vec<&Image> = list.iter().collect();
+    list.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.names.cmp(&b.names)));
+    list.into_iter()
+        .take(MAX_IMAGES)
+        .map(|image| ContainerImage {
+            names: Some(
+                image
+                    .repo_digests
+                    .iter()
+                    .chain(image.names.iter())
+                    .cloned()
+                    .collect(),
+            ),
+            size_bytes: i64::try_from(image.size).ok(),
+        })
+        .collect()
+}
+
 /// The labels the node registers with.
 pub fn labels(config: &KubeletConfig) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
@@ -290,7 +390,7 @@ pub fn node_object(config: &KubeletConfig, facts: &HostFacts, network_ready: boo
         })
         .collect();
     let mut node_status = status(config, facts);
-    node_status.conditions = Some(with_times(conditions(facts, network_ready), &[]));
+    node_status.conditions = Some(with_times(conditions(config, facts, network_ready), &[]));
     Node {
         metadata: ObjectMeta {
             name: Some(config.node_name.clone()),
@@ -359,20 +459,27 @@ pub async fn status_loop(kubelet: Kubelet, shutdown: CancellationToken) {
     let mut last_sent = Instant::now();
     loop {
         let ready = kubelet.network_ready.load(Ordering::SeqCst);
-        let facts = tokio::task::spawn_blocking({
+        let (facts, image_list) = tokio::task::spawn_blocking({
             let dir = kubelet.config.data_dir.clone();
-            move || host_facts(&dir)
+            let image_service = kubelet.images.clone();
+            move || (host_facts(&dir), image_service.list())
         })
         .await
-        .unwrap_or_default();
+        .unwrap_or_else(|_| (HostFacts::default(), Ok(Vec::new())));
         let mut current = status(&kubelet.config, &facts);
-        current.conditions = Some(conditions(&facts, ready));
+        current.conditions = Some(conditions(&kubelet.config, &facts, ready));
+        match image_list {
+            Ok(list) => current.images = Some(images(&list)),
+            Err(err) => warn!(error = %err, "listing images for the node status"),
+        }
         let unchanged = last.as_ref().is_some_and(|(old, _)| {
             // Free memory and disk move all the time; only what the status shows counts.
             old.conditions == current.conditions
                 && old.addresses == current.addresses
                 && old.capacity == current.capacity
+                && old.allocatable == current.allocatable
                 && old.node_info == current.node_info
+                && old.images == current.images
         });
         if !unchanged || last_sent.elapsed() >= STATUS_REPORT {
             match post_status(&api, &name, current.clone()).await {
@@ -464,6 +571,17 @@ mod tests {
             cluster_domain: "cluster.local".into(),
             cluster_cidr: "10.42.0.0/16".into(),
             control_plane: true,
+            eviction_hard: eviction::parse_thresholds(&[
+                "memory.available<100Mi".into(),
+                "nodefs.available<10%".into(),
+                "pid.available<1000".into(),
+            ])
+            .expect("thresholds"),
+            reserved: eviction::Reserved {
+                cpu_milli: 500,
+                memory_bytes: 1 << 30,
+                ..eviction::Reserved::default()
+            },
         }
     }
 
@@ -475,6 +593,10 @@ mod tests {
             memory_available_bytes: 4 << 30,
             disk_bytes: 100 << 30,
             disk_available_bytes: 50 << 30,
+            inodes: 1_000_000,
+            inodes_free: 500_000,
+            pid_max: 32768,
+            threads: 600,
             kernel: "6.1.0".into(),
             os_image: "Debian GNU/Linux 12 (bookworm)".into(),
             machine_id: "m".into(),
@@ -492,7 +614,18 @@ mod tests {
         assert_eq!(capacity["cpu"].0, "4");
         assert_eq!(capacity["memory"].0, "8388608Ki");
         assert_eq!(capacity["pods"].0, "110");
-        assert_eq!(status.allocatable.expect("allocatable"), capacity);
+        // Allocatable: capacity minus the reservations and the hard eviction thresholds.
+        let allocatable = status.allocatable.expect("allocatable");
+        assert_eq!(allocatable["cpu"].0, "3500m");
+        assert_eq!(
+            allocatable["memory"].0,
+            format!("{}Ki", ((8u64 << 30) - (1 << 30) - (100 << 20)) / 1024)
+        );
+        assert_eq!(
+            allocatable["ephemeral-storage"].0,
+            format!("{}Ki", (100u64 << 30) / 10 * 9 / 1024)
+        );
+        assert_eq!(allocatable["pods"].0, "110");
         let addresses = status.addresses.expect("addresses");
         assert_eq!(
             (addresses[0].type_.as_str(), addresses[0].address.as_str()),
@@ -534,10 +667,43 @@ mod tests {
         );
         let low_memory = HostFacts {
             memory_available_bytes: 10 << 20,
+            ..facts.clone()
+        };
+        let pressure = super::conditions(&config(), &low_memory, false);
+        assert_eq!(pressure[0].status, "True");
+        assert_eq!(
+            pressure[0].reason.as_deref(),
+            Some("KubeletHasInsufficientMemory")
+        );
+        assert_eq!(pressure[3].reason.as_deref(), Some("KubeletNotReady"));
+        let pid_bound = HostFacts {
+            threads: 32000,
             ..facts
         };
-        let pressure = super::conditions(&low_memory, false);
-        assert_eq!(pressure[0].status, "True");
-        assert_eq!(pressure[3].reason.as_deref(), Some("KubeletNotReady"));
+        let pressure = super::conditions(&config(), &pid_bound, true);
+        assert_eq!(
+            (pressure[2].status.as_str(), pressure[2].reason.as_deref()),
+            ("True", Some("KubeletHasInsufficientPID"))
+        );
+    }
+
+    #[test]
+    fn images_are_listed_largest_first_with_digests_then_tags() {
+        let image = |name: &str, size: u64| Image {
+            id: format!("sha256:{:064x}", size).parse().expect("digest"),
+            names: vec![format!("docker.io/library/{name}:1")],
+            repo_digests: vec![format!("docker.io/library/{name}@sha256:{:064x}", size)],
+            config: Default::default(),
+            rootfs: Vec::new(),
+            size,
+            last_used: 0,
+        };
+        let listed = images(&[image("small", 10), image("big", 1000)]);
+        assert_eq!(listed[0].size_bytes, Some(1000));
+        let names = listed[0].names.clone().unwrap_or_default();
+        assert!(names[0].contains("big@sha256:"), "{names:?}");
+        assert_eq!(names[1], "docker.io/library/big:1");
+        let many: Vec<Image> = (1..=60).map(|i| image("x", i)).collect();
+        assert_eq!(images(&many).len(), MAX_IMAGES);
     }
 }

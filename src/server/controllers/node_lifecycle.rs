@@ -9,6 +9,11 @@
 //! again. A pod on a node with a NoExecute taint it does not tolerate is deleted at once; one
 //! that tolerates it for `tolerationSeconds` is deleted that long after the taint was added.
 //!
+//! Taints by condition (as the upstream controller's NoSchedule pass): MemoryPressure,
+//! DiskPressure, PIDPressure or NetworkUnavailable `True` give the node the matching
+//! `node.kubernetes.io/<…>` NoSchedule taint, `spec.unschedulable` (`kubectl cordon`) gives it
+//! `node.kubernetes.io/unschedulable`; each goes away with its cause.
+//!
 //! Pods of deleted nodes are removed by [`super::podgc`].
 
 use std::collections::HashMap;
@@ -32,6 +37,17 @@ use super::Context;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+/// The NoSchedule taints this controller keeps in step with node conditions, by condition type.
+const CONDITION_TAINTS: [(&str, &str); 4] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    (
+        "NetworkUnavailable",
+        "node.kubernetes.io/network-unavailable",
+    ),
+];
+pub const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 /// How often nodes are checked even when nothing changes.
 const MONITOR_PERIOD: Duration = Duration::from_secs(1);
 
@@ -103,6 +119,49 @@ pub fn with_lifecycle_taints(taints: &[Value], wanted: Option<&str>) -> Vec<Valu
                 }
                 out.push(taint);
             }
+        }
+    }
+    out
+}
+
+/// The condition taints (see [`CONDITION_TAINTS`] and [`UNSCHEDULABLE`]) a node should carry.
+pub fn condition_taints(node: &Value) -> Vec<&'static str> {
+    let conditions = node["status"]["conditions"].as_array();
+    let mut keys: Vec<&'static str> = CONDITION_TAINTS
+        .iter()
+        .filter(|(kind, _)| {
+            conditions.is_some_and(|list| {
+                list.iter()
+                    .any(|c| c["type"] == *kind && c["status"] == "True")
+            })
+        })
+        .map(|(_, key)| *key)
+        .collect();
+    if node["spec"]["unschedulable"] == true {
+        keys.push(UNSCHEDULABLE);
+    }
+    keys
+}
+
+/// The node's taints with exactly the condition taints in `wanted` (as NoSchedule), keeping
+/// the order and the others.
+pub fn with_condition_taints(taints: &[Value], wanted: &[&str]) -> Vec<Value> {
+    let managed =
+        |key: &str| key == UNSCHEDULABLE || CONDITION_TAINTS.iter().any(|(_, k)| *k == key);
+    let mut out: Vec<Value> = taints
+        .iter()
+        .filter(|t| {
+            let key = t["key"].as_str().unwrap_or_default();
+            !managed(key) || wanted.contains(&key)
+        })
+        .cloned()
+        .collect();
+    for key in wanted {
+        if !out
+            .iter()
+            .any(|t| t["key"] == *key && t["effect"] == "NoSchedule")
+        {
+            out.push(json!({"key": key, "effect": "NoSchedule"}));
         }
     }
     out
@@ -239,7 +298,10 @@ async fn reconcile(
             .cloned()
             .unwrap_or_default();
         let wanted = lifecycle_taint(ready_status.as_deref());
-        let next = with_lifecycle_taints(&taints, wanted);
+        let next = with_condition_taints(
+            &with_lifecycle_taints(&taints, wanted),
+            &condition_taints(&value),
+        );
         if next != taints {
             let patch = json!({
                 "metadata": {"resourceVersion": value["metadata"]["resourceVersion"]},
@@ -388,6 +450,43 @@ mod tests {
             with_lifecycle_taints(&not_ready, lifecycle_taint(Some("True"))),
             vec![other]
         );
+    }
+
+    #[test]
+    fn conditions_and_cordons_taint_the_node() {
+        let node = json!({
+            "spec": {"unschedulable": true},
+            "status": {"conditions": [
+                {"type": "MemoryPressure", "status": "True"},
+                {"type": "DiskPressure", "status": "False"},
+                {"type": "PIDPressure", "status": "True"},
+                {"type": "Ready", "status": "True"},
+            ]},
+        });
+        let wanted = condition_taints(&node);
+        assert_eq!(
+            wanted,
+            [
+                "node.kubernetes.io/memory-pressure",
+                "node.kubernetes.io/pid-pressure",
+                UNSCHEDULABLE
+            ]
+        );
+        let other = json!({"key": "dedicated", "value": "x", "effect": "NoSchedule"});
+        let stale = json!({"key": "node.kubernetes.io/disk-pressure", "effect": "NoSchedule"});
+        let tainted = with_condition_taints(&[other.clone(), stale], &wanted);
+        assert_eq!(tainted.len(), 4);
+        assert_eq!(tainted[0], other);
+        assert!(tainted
+            .iter()
+            .all(|t| t["key"] != "node.kubernetes.io/disk-pressure"));
+        assert!(tainted
+            .iter()
+            .all(|t| t["key"] == "dedicated" || t["effect"] == "NoSchedule"));
+        // Stable, and gone once the causes are.
+        assert_eq!(with_condition_taints(&tainted, &wanted), tainted);
+        assert_eq!(with_condition_taints(&tainted, &[]), vec![other]);
+        assert!(condition_taints(&json!({})).is_empty());
     }
 
     #[test]

@@ -21,7 +21,6 @@
 
 pub mod filter;
 pub mod plan;
-pub mod quantity;
 pub mod queue;
 pub mod score;
 pub mod snapshot;

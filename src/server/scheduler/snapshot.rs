@@ -17,7 +17,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Node, Pod, PodAffinityTerm, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::quantity::parse_milli;
+use crate::quantity::parse_milli;
 
 /// Resource amounts in thousandths, by resource name (`cpu`, `memory`, `pods`, extended…).
 pub type Resources = BTreeMap<String, i64>;

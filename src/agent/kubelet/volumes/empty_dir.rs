@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
 
 use super::{io_err, VolumeError};
-use crate::server::scheduler::quantity::parse_milli;
+use crate::quantity::parse_milli;
 
 pub const PLUGIN: &str = "kubernetes.io~empty-dir";
 

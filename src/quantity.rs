@@ -1,5 +1,6 @@
 //! Resource quantities (`"100m"`, `"128Mi"`, `"1.5"`, `"2e3"`) as integers in thousandths, the
-//! unit the scheduler adds and compares requests in.
+//! unit the scheduler adds and compares requests in, and the kubelet reserves and limits in.
+//! Shared by both planes; holds no I/O.
 //!
 //! A quantity is `<sign><digits>[.<digits>]<suffix>` where the suffix is a binary SI suffix
 //! (`Ki Mi Gi Ti Pi Ei`), a decimal SI suffix (`n u m "" k M G T P E`) or a decimal exponent

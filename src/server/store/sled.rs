@@ -20,6 +20,11 @@
 //!   thread, which stages the writes queued so far in arrival order (one global revision
 //!   anyway) into one batch, applies it, flushes once, then publishes and acknowledges them:
 //!   the writes that arrive meanwhile form the next group (group commit).
+//! - "Flushed" means fdatasync'ed, as etcd's WAL is: sled's own flush ends its log writes with
+//!   `sync_file_range`, which neither flushes the drive's cache nor the file's size, and does
+//!   not sync the files it keeps large pages in (`blobs/`) at all. So after sled's flush the
+//!   committer fdatasyncs the log file `db`, every blob file it has not synced yet and the
+//!   blobs directory ([`Shared::flush`]).
 //! - Async tasks never wait for a flush on a runtime thread. (sled's flush holds its global
 //!   concurrency lock for the whole sync and a batch needs that lock exclusively, so a batch
 //!   applied beside a flush waits for the disk; the committer applies and flushes in turn.)
@@ -202,6 +207,10 @@ struct Shared {
     compacted: AtomicI64,
     hub: Mutex<Hub>,
     closed: AtomicBool,
+    /// sled's log file, for fdatasync.
+    log_file: std::fs::File,
+    /// The blob files already fdatasync'ed (sled never rewrites a blob file; it removes it).
+    synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
 }
 
 /// State guarded by the writer lock.
@@ -277,7 +286,13 @@ impl SledStore {
                 subscribers: Vec::new(),
             }),
             closed: AtomicBool::new(false),
+            log_file: std::fs::File::open(path.join("db"))
+                .map_err(|err| corrupt(format!("opening the log file db: {err}")))?,
+            synced_blobs: Mutex::new(std::collections::HashSet::new()),
         });
+        // What sled wrote before this process (a crash may have left it unsynced) is made
+        // durable before anything is acknowledged.
+        shared.flush().map_err(StoreError::Backend)?;
         let (requests, queued) = mpsc::channel(WRITE_QUEUE);
         let committer_shared = Arc::clone(&shared);
         let committer = std::thread::Builder::new()
@@ -301,7 +316,7 @@ impl SledStore {
         shared.closed.store(true, Ordering::SeqCst);
         // Take the writer lock so that no write is half-way through while we flush.
         let _writer = shared.lock_writer();
-        shared.db.flush().map_err(backend)?;
+        shared.flush().map_err(StoreError::Backend)?;
         lock(&shared.hub).subscribers.clear();
         Ok(())
     }
@@ -491,6 +506,46 @@ impl SledStore {
 }
 
 impl Shared {
+    /// sled's flush, then fdatasync of what it leaves unsynced (see the module's guarantees).
+    fn flush(&self) -> Result<(), String> {
+        self.db.flush().map_err(|err| err.to_string())?;
+        self.log_file
+            .sync_data()
+            .map_err(|err| format!("fdatasync of the log file: {err}"))?;
+        let blobs = self.path.join("blobs");
+        let entries = match std::fs::read_dir(&blobs) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(format!("reading {}: {err}", blobs.display())),
+        };
+        let mut synced = lock(&self.synced_blobs);
+        let mut present = std::collections::HashSet::new();
+        let mut new_files = false;
+        for entry in entries {
+            let entry = entry.map_err(|err| format!("reading {}: {err}", blobs.display()))?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                match std::fs::File::open(entry.path()) {
+                    Ok(file) => file
+                        .sync_data()
+                        .map_err(|err| format!("fdatasync of blob {name:?}: {err}"))?,
+                    // Removed by sled's blob collection meanwhile.
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(format!("opening blob {name:?}: {err}")),
+                }
+                new_files = true;
+            }
+            present.insert(name);
+        }
+        if new_files {
+            std::fs::File::open(&blobs)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|err| format!("fsync of {}: {err}", blobs.display()))?;
+        }
+        *synced = present;
+        Ok(())
+    }
+
     fn lock_writer(&self) -> MutexGuard<'_, Writer> {
         lock(&self.writer)
     }
@@ -681,17 +736,16 @@ fn committer(shared: Arc<Shared>, mut queued: mpsc::Receiver<WriteRequest>) {
             shared.applied.store(group.revision, Ordering::SeqCst);
             group.revision
         };
-        match shared.db.flush() {
-            Ok(_) => {
+        match shared.flush() {
+            Ok(()) => {
                 let (events, replies): (Vec<Event>, Vec<_>) = staged.into_iter().unzip();
                 shared.publish(&events, revision);
                 for (event, reply) in events.into_iter().zip(replies) {
                     let _ = reply.send(Ok(event));
                 }
             }
-            Err(err) => {
-                error!(error = %err, "flushing the store to disk failed");
-                let message = err.to_string();
+            Err(message) => {
+                error!(error = %message, "flushing the store to disk failed");
                 for (_, reply) in staged {
                     let _ = reply.send(Err(flush_failed(&message)));
                 }
@@ -699,7 +753,7 @@ fn committer(shared: Arc<Shared>, mut queued: mpsc::Receiver<WriteRequest>) {
             }
         }
     }
-    if let Err(err) = shared.db.flush() {
+    if let Err(err) = shared.flush() {
         error!(error = %err, "the last flush of the store failed");
     }
     lock(&shared.hub).subscribers.clear();

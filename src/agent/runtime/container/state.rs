@@ -112,6 +112,12 @@ pub struct ContainerRecord {
     pub cgroup_path: String,
     /// Unix seconds with nanoseconds, when the agent created it.
     pub created_at: String,
+    /// The container has a stdin for attach clients ([`super::spec::ContainerSpec::stdin`]).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Its stdin closes after the first attach ([`super::spec::ContainerSpec::stdin_once`]).
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// The life cycle states, as the CRI names them.

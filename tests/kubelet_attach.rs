@@ -176,6 +176,8 @@ fn kubectl_run_i_rm_feeds_stdin_and_removes_the_pod() {
             "--restart=Never",
             &format!("--image={IMAGE}"),
             "t",
+            // The test image's entrypoint is `sh -c`: replace it.
+            "--command",
             "--",
             "sh",
             "-c",

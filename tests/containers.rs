@@ -607,7 +607,11 @@ async fn attach_sessions_end_with_the_client_stdin_unless_stdin_once() {
     // reads see /dev/null.
     let request = t.request(
         "quiet",
-        &["/bin/sh", "-c", "read x || echo no-stdin; sleep 1; echo late"],
+        &[
+            "/bin/sh",
+            "-c",
+            "read x || echo no-stdin; sleep 1; echo late",
+        ],
     );
     let id = t.runtime.create(&request).await.expect("create");
     let (mut output, mut input) = t.runtime.attach(&id, ATTACH_ALL).await.expect("attach");

@@ -188,11 +188,9 @@ fn kubectl_run_i_rm_feeds_stdin_and_removes_the_pod() {
     let (code, output) = run.finish(&node);
     assert_eq!(code, 0, "kubectl run: {output}");
     assert!(output.contains("got hello"), "kubectl run: {output}");
-    node.wait_for(
-        "pod t deleted",
-        &["get", "pods", "-o", "name"],
-        |s| !s.contains("pod/t"),
-    );
+    node.wait_for("pod t deleted", &["get", "pods", "-o", "name"], |s| {
+        !s.contains("pod/t")
+    });
 }
 
 /// `kubectl attach` shows what a running container prints from then on; `kubectl attach -i`

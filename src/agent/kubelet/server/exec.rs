@@ -399,8 +399,7 @@ async fn run_attach(
         stdout: options.stdout,
         stderr: options.stderr,
     };
-    let (mut output, mut input) = match state.runtime.attach(&container_id, attach_options).await
-    {
+    let (mut output, mut input) = match state.runtime.attach(&container_id, attach_options).await {
         Ok(session) => session,
         Err(err) => {
             let status = internal_error(&err.to_string());

@@ -16,8 +16,8 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::logs::Stream;
 use super::protocol::{
-    encode_frame, FRAME_CLOSE_STDIN, FRAME_HEADER, FRAME_RESIZE, FRAME_STDERR,
-    FRAME_STDIN, FRAME_STDOUT, MAX_FRAME,
+    encode_frame, FRAME_CLOSE_STDIN, FRAME_HEADER, FRAME_RESIZE, FRAME_STDERR, FRAME_STDIN,
+    FRAME_STDOUT, MAX_FRAME,
 };
 
 /// Which streams an attach client takes part in.

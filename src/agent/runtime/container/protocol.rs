@@ -106,7 +106,10 @@ mod tests {
         let (kind, payload, used) = decode_frame(&buf).unwrap().unwrap();
         assert_eq!((kind, payload), (FRAME_STDIN, &b"hello\n"[..]));
         let (kind, payload, rest) = decode_frame(&buf[used..]).unwrap().unwrap();
-        assert_eq!((kind, payload.len(), used + rest), (FRAME_CLOSE_STDIN, 0, buf.len()));
+        assert_eq!(
+            (kind, payload.len(), used + rest),
+            (FRAME_CLOSE_STDIN, 0, buf.len())
+        );
     }
 
     #[test]

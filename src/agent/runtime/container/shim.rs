@@ -52,7 +52,10 @@ use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
 
 use super::cgroups;
 use super::logs::{LogWriter, Stream};
-use super::protocol::{decode_frame, encode_frame, Request, Response, FRAME_CLOSE_STDIN, FRAME_RESIZE, FRAME_STDERR, FRAME_STDIN, FRAME_STDOUT};
+use super::protocol::{
+    decode_frame, encode_frame, Request, Response, FRAME_CLOSE_STDIN, FRAME_RESIZE, FRAME_STDERR,
+    FRAME_STDIN, FRAME_STDOUT,
+};
 use super::state::{self, ContainerDir, ContainerRecord, Rootfs, ShimStatus, State};
 use crate::cli::ShimCommand;
 
@@ -252,8 +255,7 @@ impl Conn {
     /// Writes what is queued, without blocking.
     fn flush(&mut self) {
         while !self.output.is_empty() && !self.dead {
-            match rustix::net::send(&self.stream, &self.output, rustix::net::SendFlags::NOSIGNAL)
-            {
+            match rustix::net::send(&self.stream, &self.output, rustix::net::SendFlags::NOSIGNAL) {
                 Ok(n) => {
                     self.output.drain(..n);
                 }
@@ -334,7 +336,9 @@ impl Shim {
             // Input goes to the same terminal master the output comes from.
             let stdin = if record.stdin {
                 Some(ContainerStdin {
-                    fd: master.try_clone().map_err(io_ctx("duplicating the terminal"))?,
+                    fd: master
+                        .try_clone()
+                        .map_err(io_ctx("duplicating the terminal"))?,
                     pending: Vec::new(),
                     closing: false,
                 })
@@ -733,7 +737,10 @@ impl Shim {
     fn take_frames(&mut self, index: usize) {
         loop {
             let conn = &mut self.conns[index];
-            let ConnState::Attached { stdin: sends_input, .. } = conn.state else {
+            let ConnState::Attached {
+                stdin: sends_input, ..
+            } = conn.state
+            else {
                 return;
             };
             let (kind, payload, used) = match decode_frame(&conn.input) {
@@ -837,7 +844,6 @@ impl Shim {
         init_exited
     }
 
-
     fn handle(&mut self, request: Request) -> Response {
         let result = match request {
             Request::Status | Request::Wait | Request::Attach { .. } => Ok(()),
@@ -886,7 +892,6 @@ impl Shim {
         }
         Ok(())
     }
-
 
     /// The container has exited: clean up, record, answer the waiters, end the attach
     /// sessions (after their last output).

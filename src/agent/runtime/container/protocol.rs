@@ -77,9 +77,17 @@ pub fn encode_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The first complete frame in `buf`: its kind, its payload and how many bytes it took, or
-/// `None` when more bytes are needed.
-pub fn decode_frame(buf: &[u8]) -> Result<Option<(u8, &[u8], usize)>, FrameTooLarge> {
+/// A decoded frame, borrowed from the buffer it was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub kind: u8,
+    pub payload: &'a [u8],
+    /// How many bytes of the buffer it took.
+    pub len: usize,
+}
+
+/// The first complete frame in `buf`, or `None` when more bytes are needed.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<Frame<'_>>, FrameTooLarge> {
     let Some(header) = buf.get(..FRAME_HEADER) else {
         return Ok(None);
     };
@@ -88,7 +96,11 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(u8, &[u8], usize)>, FrameTooLa
         return Err(FrameTooLarge(len));
     }
     match buf.get(FRAME_HEADER..FRAME_HEADER + len) {
-        Some(payload) => Ok(Some((header[0], payload, FRAME_HEADER + len))),
+        Some(payload) => Ok(Some(Frame {
+            kind: header[0],
+            payload,
+            len: FRAME_HEADER + len,
+        })),
         None => Ok(None),
     }
 }
@@ -103,11 +115,13 @@ mod tests {
         buf.extend(encode_frame(FRAME_CLOSE_STDIN, b""));
         assert_eq!(decode_frame(&buf[..3]), Ok(None));
         assert_eq!(decode_frame(&buf[..8]), Ok(None));
-        let (kind, payload, used) = decode_frame(&buf).unwrap().unwrap();
-        assert_eq!((kind, payload), (FRAME_STDIN, &b"hello\n"[..]));
-        let (kind, payload, rest) = decode_frame(&buf[used..]).unwrap().unwrap();
+        let first = decode_frame(&buf).expect("valid").expect("complete");
+        assert_eq!((first.kind, first.payload), (FRAME_STDIN, &b"hello\n"[..]));
+        let second = decode_frame(&buf[first.len..])
+            .expect("valid")
+            .expect("complete");
         assert_eq!(
-            (kind, payload.len(), used + rest),
+            (second.kind, second.payload.len(), first.len + second.len),
             (FRAME_CLOSE_STDIN, 0, buf.len())
         );
     }
@@ -126,11 +140,14 @@ mod tests {
             stdout: true,
             stderr: false,
         };
-        let line = serde_json::to_string(&request).unwrap();
+        let line = serde_json::to_string(&request).expect("serialize");
         assert_eq!(
             line,
             r#"{"op":"attach","stdin":true,"stdout":true,"stderr":false}"#
         );
-        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), request);
+        assert_eq!(
+            serde_json::from_str::<Request>(&line).expect("parse"),
+            request
+        );
     }
 }

@@ -744,7 +744,7 @@ impl Shim {
                 return;
             };
             let (kind, payload, used) = match decode_frame(&conn.input) {
-                Ok(Some((kind, payload, used))) => (kind, payload.to_vec(), used),
+                Ok(Some(frame)) => (frame.kind, frame.payload.to_vec(), frame.len),
                 Ok(None) => return,
                 Err(err) => {
                     tracing::warn!(error = %err, "bad attach frame, detaching the client");

@@ -31,16 +31,20 @@
 //! [`Runtime::exec`]: crate::agent::runtime::container::Runtime::exec
 //! [`Runtime::attach`]: crate::agent::runtime::container::Runtime::attach
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use futures::stream::SplitSink;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{debug, info_span, Instrument};
 
 use super::{current_container, status_response, ServerState};
@@ -371,16 +375,7 @@ async fn run_exec(
         Ok(code) => exit_status(&options.command, code),
         Err(err) => internal_error(&err.to_string()),
     };
-    reader.abort();
-    if let Ok(mut sink) = writer.await {
-        let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: 1000,
-                reason: "".into(),
-            })))
-            .await;
-    }
+    end_session(writer, status, reader).await;
 }
 
 /// Relays one attach session between the WebSocket and the container's shim until the shim
@@ -422,6 +417,7 @@ async fn run_attach(
     let shutdown = state.shutdown.clone();
     // Client → shim; ends when the client goes away (dropping `input` tells the shim).
     let mut reader = tokio::spawn(async move {
+        let mut shim_open = true;
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -436,6 +432,9 @@ async fn run_attach(
             let Some((&channel, payload)) = data.split_first() else {
                 continue;
             };
+            if !shim_open {
+                continue;
+            }
             let sent = match channel {
                 STDIN if stdin_open => input.stdin(payload).await,
                 RESIZE => match serde_json::from_slice::<TerminalSize>(payload) {
@@ -452,8 +451,10 @@ async fn run_attach(
                 _ => Ok(()),
             };
             if let Err(err) = sent {
+                // The shim ended the session: keep reading until the client closes.
                 debug!(error = %err, "the shim ended the attach session");
-                break;
+                stdin_open = false;
+                shim_open = false;
             }
         }
     });
@@ -476,21 +477,42 @@ async fn run_attach(
             _ = &mut reader => break None,
         }
     };
-    reader.abort();
     drop(output);
     drop(out_tx);
-    let Ok(mut sink) = writer.await else {
-        return;
-    };
-    if let Some(status) = ended {
-        let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
+    match ended {
+        Some(status) => end_session(writer, status, reader).await,
+        // The client is gone (or cannot be written to): nothing more to tell it.
+        None => {
+            reader.abort();
+            if let Ok(mut sink) = writer.await {
+                let _ = sink.send(Message::Close(None)).await;
+            }
+        }
     }
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code: 1000,
-            reason: "".into(),
-        })))
-        .await;
+}
+
+/// How long a session waits for the client's close after its own.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Sends the final `Status` and a close frame, then keeps reading until the client
+/// closes too (boundedly): a socket closed with the client's last input unread (a terminal's
+/// answer to a cursor query, say) is reset, and the client would lose the status.
+async fn end_session(
+    writer: JoinHandle<SplitSink<WebSocket, Message>>,
+    status: serde_json::Value,
+    mut reader: JoinHandle<()>,
+) {
+    if let Ok(mut sink) = writer.await {
+        let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code: 1000,
+                reason: "".into(),
+            })))
+            .await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, &mut reader).await;
+    }
+    reader.abort();
 }
 
 #[cfg(test)]

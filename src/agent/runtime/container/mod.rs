@@ -1,7 +1,8 @@
 //! Containers: the operations the kubelet needs, carried out through one shim per container.
 //!
 //! [`Runtime`] is what the kubelet calls: create, start, stop (signal, grace period, then
-//! SIGKILL), kill, wait, remove, list, status, exec (with or without a terminal) and stats.
+//! SIGKILL), kill, wait, remove, list, status, exec (with or without a terminal), attach (to
+//! the container's own stdio, [`attach`]) and stats.
 //! It never calls libcontainer itself: creating a container re-executes this binary as
 //! `cluster shim run DIR` ([`shim`]), which owns the container from then on. Everything the
 //! runtime knows is on disk under its root ([`state`]) or answered by the shims over their

@@ -3,7 +3,7 @@
 //! Each container has a directory `<runtime-root>/<id>/` that is also its OCI bundle:
 //! `config.json` (the OCI spec), `container.json` ([`ContainerRecord`], written once by the
 //! agent), `status.json` ([`ShimStatus`], written only by the shim, always atomically),
-//! `shim.sock` (the shim's socket while it runs), `shim.log` (the shim's own diagnostics) and,
+//! `shim.sock` (the shim's socket while it runs: requests and attach sessions), `shim.log` (the shim's own diagnostics) and,
 //! for overlay root filesystems, `rootfs/`, `upper/` and `work/`. libcontainer keeps its state
 //! under `<runtime-root>/.libcontainer/<id>/`.
 //!

@@ -473,3 +473,251 @@ async fn an_overlay_root_keeps_the_image_layer_untouched() {
     t.runtime.remove(&status.id).await.expect("remove");
     assert!(!dir.exists());
 }
+
+/// Everything an attach session delivers until the shim ends it: (stdout, stderr).
+async fn attach_output(
+    output: &mut cluster::agent::runtime::container::AttachOutput,
+) -> (String, String) {
+    use cluster::agent::runtime::container::logs::Stream;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    while let Some((stream, data)) = tokio::time::timeout(LONG, output.next())
+        .await
+        .expect("attach output ends in time")
+        .expect("attach output")
+    {
+        match stream {
+            Stream::Stdout => stdout.extend(data),
+            Stream::Stderr => stderr.extend(data),
+        }
+    }
+    (
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// Reads attach output until `text` has arrived on stdout.
+async fn attach_until(
+    output: &mut cluster::agent::runtime::container::AttachOutput,
+    text: &str,
+) -> String {
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(text) {
+        match tokio::time::timeout(LONG, output.next())
+            .await
+            .expect("attach output in time")
+            .expect("attach output")
+        {
+            Some((_, data)) => seen.extend(data),
+            None => panic!(
+                "the session ended before {text:?}: {:?}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+const ATTACH_ALL: cluster::agent::runtime::container::AttachOptions =
+    cluster::agent::runtime::container::AttachOptions {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    };
+
+/// `stdin: true, stdinOnce: true` (what `kubectl run -i` makes): the container's reads wait
+/// for a client; the client's input arrives, and the end of the client's stdin closes the
+/// container's stdin (the shell sees end-of-file) while the client keeps the output.
+#[tokio::test]
+async fn attach_relays_input_and_output_and_stdin_once_closes_stdin() {
+    if !require_root("attach_relays_input_and_output_and_stdin_once_closes_stdin") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let mut request = t.request(
+        "main",
+        &[
+            "/bin/sh",
+            "-c",
+            "read x; echo got $x; read y || echo stdin-closed; echo err >&2",
+        ],
+    );
+    request.spec.stdin = true;
+    request.spec.stdin_once = true;
+    let id = t.runtime.create(&request).await.expect("create");
+    t.runtime.start(&id).await.expect("start");
+    let (mut output, mut input) = t.runtime.attach(&id, ATTACH_ALL).await.expect("attach");
+    input.stdin(b"hi\n").await.expect("stdin");
+    input.close_stdin().await.expect("close stdin");
+    let (stdout, stderr) = attach_output(&mut output).await;
+    assert_eq!(stdout, "got hi\nstdin-closed\n");
+    assert_eq!(stderr, "err\n");
+    let status = tokio::time::timeout(LONG, t.runtime.wait(&id))
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(status.exit_code, Some(0));
+    let records = log_records(&status.log_path);
+    assert!(
+        records.contains(&("stdout".into(), "F".into(), "got hi".into())),
+        "the log still gets the output: {records:?}"
+    );
+}
+
+/// Without stdinOnce the end of a client's stdin ends only that client's session: the
+/// container's stdin stays open and the next client's input reaches the same process.
+/// A container without stdin gives an attach client output only.
+#[tokio::test]
+async fn attach_sessions_end_with_the_client_stdin_unless_stdin_once() {
+    if !require_root("attach_sessions_end_with_the_client_stdin_unless_stdin_once") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let mut request = t.request(
+        "main",
+        &[
+            "/bin/sh",
+            "-c",
+            "while read l; do echo \"in: $l\"; done; echo stdin-ended; sleep 1000",
+        ],
+    );
+    request.spec.stdin = true;
+    let id = t.runtime.create(&request).await.expect("create");
+    t.runtime.start(&id).await.expect("start");
+    for word in ["one", "two"] {
+        let (mut output, mut input) = t.runtime.attach(&id, ATTACH_ALL).await.expect("attach");
+        input
+            .stdin(format!("{word}\n").as_bytes())
+            .await
+            .expect("stdin");
+        attach_until(&mut output, &format!("in: {word}")).await;
+        input.close_stdin().await.expect("close stdin");
+        let (rest, _) = attach_output(&mut output).await;
+        assert!(!rest.contains("stdin-ended"), "stdin was closed: {rest}");
+        let status = t.runtime.status(&id).await.expect("status");
+        assert_eq!(status.state, State::Running);
+    }
+    t.runtime
+        .stop(&id, Duration::ZERO)
+        .await
+        .expect("stop the reader");
+
+    // No stdin: the client's input goes nowhere, its output arrives, and the container's
+    // reads see /dev/null.
+    let request = t.request(
+        "quiet",
+        &[
+            "/bin/sh",
+            "-c",
+            "read x || echo no-stdin; sleep 1; echo late",
+        ],
+    );
+    let id = t.runtime.create(&request).await.expect("create");
+    let (mut output, mut input) = t.runtime.attach(&id, ATTACH_ALL).await.expect("attach");
+    t.runtime.start(&id).await.expect("start");
+    input.stdin(b"ignored\n").await.expect("stdin");
+    let (stdout, _) = attach_output(&mut output).await;
+    assert_eq!(stdout, "no-stdin\nlate\n");
+}
+
+/// A client that attaches and never reads does not hold up the container or its log: the
+/// shim detaches it once it is far behind.
+#[tokio::test]
+async fn a_stalled_attach_client_never_holds_up_the_container() {
+    if !require_root("a_stalled_attach_client_never_holds_up_the_container") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let request = t.request(
+        "main",
+        &[
+            "/bin/sh",
+            "-c",
+            "head -c 8000000 /dev/zero | tr '\\0' a; echo; echo done",
+        ],
+    );
+    let id = t.runtime.create(&request).await.expect("create");
+    let (mut output, _input) = t
+        .runtime
+        .attach(
+            &id,
+            cluster::agent::runtime::container::AttachOptions {
+                stdin: false,
+                stdout: true,
+                stderr: true,
+            },
+        )
+        .await
+        .expect("attach");
+    t.runtime.start(&id).await.expect("start");
+    let status = tokio::time::timeout(LONG, t.runtime.wait(&id))
+        .await
+        .expect("the container ends although its client never reads")
+        .expect("wait");
+    assert_eq!(status.exit_code, Some(0));
+    let log = fs::read_to_string(&status.log_path).expect("log");
+    assert!(
+        log.lines().any(|l| l.ends_with(" stdout F done")),
+        "the log is complete"
+    );
+    // The stalled client got a bounded part of the output, then the end of the session.
+    let mut received = 0usize;
+    while let Ok(Some((_, data))) = tokio::time::timeout(LONG, output.next())
+        .await
+        .expect("the session ends")
+    {
+        received += data.len();
+    }
+    assert!(received < 8_000_000, "received {received} bytes");
+}
+
+/// The shim reads requests without blocking: clients that connect and stall (half a request,
+/// or nothing) do not delay anybody, and many requests at once are all answered.
+#[tokio::test]
+async fn the_shim_answers_many_concurrent_requests_while_clients_stall() {
+    if !require_root("the_shim_answers_many_concurrent_requests_while_clients_stall") {
+        return;
+    }
+    let t = TestRuntime::new();
+    let id = t
+        .runtime
+        .create(&t.request("main", &["/bin/sleep", "1000"]))
+        .await
+        .expect("create");
+    t.runtime.start(&id).await.expect("start");
+    let socket = t.config.root.join(&id).join("shim.sock");
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        let mut stream = tokio::net::UnixStream::connect(&socket)
+            .await
+            .expect("connect");
+        if i % 2 == 0 {
+            stream.write_all(b"{\"op\":").await.expect("half a request");
+        }
+        stalled.push(stream);
+    }
+    let statuses = futures::future::join_all((0..200).map(|_| t.runtime.status(&id))).await;
+    for status in statuses {
+        assert_eq!(status.expect("status").state, State::Running);
+    }
+    // Deleting many pods at once: kills and waits in parallel with the status calls.
+    let (killed, more) = tokio::join!(
+        t.runtime.stop(&id, Duration::from_secs(5)),
+        futures::future::join_all((0..50).map(|_| t.runtime.status(&id)))
+    );
+    let killed = killed.expect("stop");
+    assert_eq!(killed.state, State::Exited);
+    for status in more {
+        status.expect("status during the stop");
+    }
+    // The stalled clients were never answered, and nothing else waited for them.
+    let mut buf = [0u8; 16];
+    for mut stream in stalled {
+        let n = tokio::time::timeout(LONG, stream.read(&mut buf))
+            .await
+            .expect("the exited shim closes them")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "a stalled client got an answer");
+    }
+}

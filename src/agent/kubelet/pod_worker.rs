@@ -1265,6 +1265,8 @@ fn create_request(
             env: inputs.env,
             working_dir: container.working_dir.clone().filter(|w| !w.is_empty()),
             tty: container.tty.unwrap_or(false),
+            stdin: container.stdin.unwrap_or(false),
+            stdin_once: container.stdin_once.unwrap_or(false),
             security,
             mounts,
             shm: None,

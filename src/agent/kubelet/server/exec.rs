@@ -8,16 +8,30 @@
 //! closes stdin). A client that does not upgrade to one of those protocols (SPDY-only kubectl
 //! before 1.30) gets a 400 `Status` naming the kubectl versions that work.
 //!
-//! Owns the WebSocket session and the relay to [`Runtime::exec`]; must not touch the
-//! container otherwise.
+//! Owns the WebSocket sessions and the relays to [`Runtime::exec`] and [`Runtime::attach`];
+//! must not touch the container otherwise.
+//!
+//! `/attach` joins the container's own stdio through its shim (the container's output from
+//! then on; input only when the container has `stdin: true`, else the session is output
+//! only, as with containerd). The session ends with a `Success` status when the container's
+//! output ends, or when the client's stdin ends and the container keeps its stdin (no
+//! `stdinOnce`, or a terminal); with `stdinOnce` and no terminal the end of the client's
+//! stdin closes the container's stdin and the output continues until the container ends.
 //!
 //! Resize messages (`{"Width":…,"Height":…}`) are applied to the exec's terminal through the
-//! runtime's [`ResizeHandle`](crate::agent::runtime::container::exec::ResizeHandle).
+//! runtime's [`ResizeHandle`](crate::agent::runtime::container::exec::ResizeHandle), and to an
+//! attached container's terminal through its shim.
 //!
 //! # Caveats
-//! - `/attach` answers 501: the shim does not expose a running container's stdio yet.
+//! - Attach starts with the output produced from then on: earlier output is only in the log
+//!   (as with containerd; `kubectl run -i` says so).
+//! - An attach client that falls more than 1 MiB behind the container's output is detached
+//!   by the shim rather than slowing the container.
+//!
+//! [`Runtime::exec`]: crate::agent::runtime::container::Runtime::exec
+//! [`Runtime::attach`]: crate::agent::runtime::container::Runtime::attach
 
-use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -25,14 +39,17 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use futures::stream::SplitSink;
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::{debug, info_span, Instrument};
 
 use super::{current_container, status_response, ServerState};
-use crate::agent::runtime::container::State as ContainerState;
+use crate::agent::runtime::container::logs::Stream;
+use crate::agent::runtime::container::{AttachOptions, State as ContainerState};
 
 /// The channel protocols served, preferred first.
 pub const PROTOCOL_V5: &str = "v5.channel.k8s.io";
@@ -166,16 +183,47 @@ pub(crate) async fn exec(
     })
 }
 
-/// `/attach/{namespace}/{pod}/{container}`: not available yet (see the module caveats).
+/// `/attach/{namespace}/{pod}/{container}`: the container's own stdio, through its shim.
 pub(crate) async fn attach(
+    State(state): State<ServerState>,
     UrlPath((namespace, pod, container)): UrlPath<(String, String, String)>,
-    Query(_query): Query<HashMap<String, String>>,
+    Query(query): Query<Vec<(String, String)>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    status_response(
-        StatusCode::NOT_IMPLEMENTED,
-        "NotImplemented",
-        &format!("attach to {namespace}/{pod}/{container} is not supported by this node yet; use kubectl logs -f and kubectl exec"),
-    )
+    let (ws, protocol) = match negotiate(ws, &[PROTOCOL_V5, PROTOCOL_V4], SPDY_UNSUPPORTED) {
+        Ok(ok) => ok,
+        Err(response) => return *response,
+    };
+    let mut options = ExecOptions::parse(&query);
+    if !options.stdin && !options.stdout && !options.stderr {
+        return status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "you must specify at least 1 of stdin, stdout, stderr",
+        );
+    }
+    // As the kubelet: a terminal has no separate stderr.
+    if options.tty {
+        options.stderr = false;
+    }
+    let target = match current_container(&state.runtime, &namespace, &pod, &container).await {
+        Ok(c) => c,
+        Err(err) => return err.into_response(),
+    };
+    if target.state != ContainerState::Running {
+        return status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("container {container} is not running"),
+        );
+    }
+    let span = info_span!("attach", %namespace, %pod, %container, %protocol);
+    ws.on_upgrade(move |socket| {
+        async move {
+            run_attach(state, target.id, options, protocol, socket).await;
+        }
+        .instrument(span)
+    })
 }
 
 /// The error channel's final `Status`, as the kubelet writes it.
@@ -327,7 +375,133 @@ async fn run_exec(
         Ok(code) => exit_status(&options.command, code),
         Err(err) => internal_error(&err.to_string()),
     };
-    reader.abort();
+    end_session(writer, status, reader).await;
+}
+
+/// Relays one attach session between the WebSocket and the container's shim until the shim
+/// ends it (the container's output ended, or the client's stdin did and the container keeps
+/// its stdin), then sends the final `Status`; or until the client goes away.
+async fn run_attach(
+    state: ServerState,
+    container_id: String,
+    options: ExecOptions,
+    protocol: String,
+    socket: WebSocket,
+) {
+    let (mut sink, mut incoming) = socket.split();
+    let attach_options = AttachOptions {
+        stdin: options.stdin,
+        stdout: options.stdout,
+        stderr: options.stderr,
+    };
+    let (mut output, mut input) = match state.runtime.attach(&container_id, attach_options).await {
+        Ok(session) => session,
+        Err(err) => {
+            let status = internal_error(&err.to_string());
+            let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
+            let _ = sink.send(Message::Close(None)).await;
+            return;
+        }
+    };
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(16);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = out_rx.recv().await {
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    let v5 = protocol == PROTOCOL_V5;
+    let mut stdin_open = options.stdin;
+    let shutdown = state.shutdown.clone();
+    // Client → shim; ends when the client goes away (dropping `input` tells the shim).
+    let mut reader = tokio::spawn(async move {
+        let mut shim_open = true;
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                message = incoming.next() => message,
+            };
+            let data = match message {
+                Some(Ok(Message::Binary(data))) => data,
+                Some(Ok(Message::Text(text))) => Bytes::from(text.as_str().as_bytes().to_vec()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => continue,
+            };
+            let Some((&channel, payload)) = data.split_first() else {
+                continue;
+            };
+            if !shim_open {
+                continue;
+            }
+            let sent = match channel {
+                STDIN if stdin_open => input.stdin(payload).await,
+                RESIZE => match serde_json::from_slice::<TerminalSize>(payload) {
+                    Ok(size) => input.resize(size.width, size.height).await,
+                    Err(err) => {
+                        debug!(error = %err, "bad resize message");
+                        Ok(())
+                    }
+                },
+                CLOSE if v5 && payload.first() == Some(&STDIN) && stdin_open => {
+                    stdin_open = false;
+                    input.close_stdin().await
+                }
+                _ => Ok(()),
+            };
+            if let Err(err) = sent {
+                // The shim ended the session: keep reading until the client closes.
+                debug!(error = %err, "the shim ended the attach session");
+                stdin_open = false;
+                shim_open = false;
+            }
+        }
+    });
+    // Shim → client, until the shim ends the session or the client is gone.
+    let ended = loop {
+        tokio::select! {
+            next = output.next() => match next {
+                Ok(Some((stream, data))) => {
+                    let channel = match stream {
+                        Stream::Stdout => STDOUT,
+                        Stream::Stderr => STDERR,
+                    };
+                    if out_tx.send(frame(channel, &data)).await.is_err() {
+                        break None;
+                    }
+                }
+                Ok(None) => break Some(json!({"metadata": {}, "status": "Success"})),
+                Err(err) => break Some(internal_error(&err.to_string())),
+            },
+            _ = &mut reader => break None,
+        }
+    };
+    drop(output);
+    drop(out_tx);
+    match ended {
+        Some(status) => end_session(writer, status, reader).await,
+        // The client is gone (or cannot be written to): nothing more to tell it.
+        None => {
+            reader.abort();
+            if let Ok(mut sink) = writer.await {
+                let _ = sink.send(Message::Close(None)).await;
+            }
+        }
+    }
+}
+
+/// How long a session waits for the client's close after its own.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Sends the final `Status` and a close frame, then keeps reading until the client
+/// closes too (boundedly): a socket closed with the client's last input unread (a terminal's
+/// answer to a cursor query, say) is reset, and the client would lose the status.
+async fn end_session(
+    writer: JoinHandle<SplitSink<WebSocket, Message>>,
+    status: serde_json::Value,
+    mut reader: JoinHandle<()>,
+) {
     if let Ok(mut sink) = writer.await {
         let _ = sink.send(frame(ERROR, status.to_string().as_bytes())).await;
         let _ = sink
@@ -336,7 +510,9 @@ async fn run_exec(
                 reason: "".into(),
             })))
             .await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, &mut reader).await;
     }
+    reader.abort();
 }
 
 #[cfg(test)]

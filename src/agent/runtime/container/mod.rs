@@ -1,7 +1,8 @@
 //! Containers: the operations the kubelet needs, carried out through one shim per container.
 //!
 //! [`Runtime`] is what the kubelet calls: create, start, stop (signal, grace period, then
-//! SIGKILL), kill, wait, remove, list, status, exec (with or without a terminal) and stats.
+//! SIGKILL), kill, wait, remove, list, status, exec (with or without a terminal), attach (to
+//! the container's own stdio, [`attach`]) and stats.
 //! It never calls libcontainer itself: creating a container re-executes this binary as
 //! `cluster shim run DIR` ([`shim`]), which owns the container from then on. Everything the
 //! runtime knows is on disk under its root ([`state`]) or answered by the shims over their
@@ -16,6 +17,7 @@
 //!
 //! This module must not read the API or the store; it only runs containers.
 
+pub mod attach;
 pub mod cgroups;
 pub mod exec;
 pub mod logs;
@@ -34,6 +36,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
 
+pub use attach::{AttachInput, AttachOptions, AttachOutput};
 pub use exec::ExecProcess;
 pub use protocol::{Request, Response};
 pub use spec::{ContainerSpec, ImageConfig};
@@ -237,6 +240,8 @@ impl Runtime {
             rootfs: request.rootfs.clone(),
             cgroup_path,
             created_at: state::now(),
+            stdin: request.spec.stdin,
+            stdin_once: request.spec.stdin_once,
         };
         state::write_json_atomic(&dir.record(), &record)
             .map_err(io_ctx("writing container.json"))?;
@@ -542,6 +547,50 @@ impl Runtime {
             .map_err(io_ctx("reading container.json"))?;
         let version = cgroups::detect()?;
         Ok(cgroups::stats(version, &record.cgroup_path)?)
+    }
+
+    /// Attaches to a container's stdio ([`attach`]): its output from now on, and input to
+    /// its stdin when it has one.
+    pub async fn attach(
+        &self,
+        id: &str,
+        options: AttachOptions,
+    ) -> Result<(AttachOutput, AttachInput), RuntimeError> {
+        let dir = self.dir(id)?;
+        let shim_error = |message: String| RuntimeError::Shim {
+            id: id.to_string(),
+            message,
+        };
+        let request = Request::Attach {
+            stdin: options.stdin,
+            stdout: options.stdout,
+            stderr: options.stderr,
+        };
+        let open = async {
+            let stream = UnixStream::connect(dir.socket()).await?;
+            let (read, mut write) = stream.into_split();
+            let mut line = serde_json::to_vec(&request).map_err(io::Error::other)?;
+            line.push(b'\n');
+            write.write_all(&line).await?;
+            let mut reader = BufReader::new(read);
+            let mut answer = String::new();
+            if reader.read_line(&mut answer).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the shim closed the connection",
+                ));
+            }
+            let response: Response = serde_json::from_str(&answer).map_err(io::Error::other)?;
+            Ok((response, reader, write))
+        };
+        let (response, reader, writer) = tokio::time::timeout(REQUEST_TIMEOUT, open)
+            .await
+            .map_err(|_| shim_error("attach: the shim did not answer".into()))?
+            .map_err(|err| shim_error(format!("attach: {err}")))?;
+        if let Some(message) = response.error {
+            return Err(shim_error(message));
+        }
+        Ok((AttachOutput { reader }, AttachInput { writer }))
     }
 
     /// Starts `command` inside a running container, with a terminal when `tty`.

@@ -10,10 +10,23 @@
 //! - is the parent (and child subreaper) of the container's init process, so it alone reaps it
 //!   and can signal it through a pidfd without racing pid reuse;
 //! - copies the container's stdout and stderr into the CRI log file ([`super::logs`]);
-//! - answers the agent on `DIR/shim.sock` ([`super::protocol`]): status, start, kill, wait;
+//! - answers the agent on `DIR/shim.sock` ([`super::protocol`]): status, start, kill, wait
+//!   and attach. Every connection is non-blocking with its own buffers, read and written from
+//!   the one poll loop, so a slow or dead client never delays another (a connection that
+//!   sends no whole request within 30 s is dropped);
+//! - serves attach sessions: the container's output goes to every attached client as well
+//!   as to the log, queued per client; a client that falls more than 1 MiB behind is
+//!   detached instead of slowing the container or the log. With `stdin: true` the container
+//!   reads a pipe (or, with a terminal, the terminal) that the shim keeps open, so it blocks
+//!   until a client sends input; input is queued (256 KiB, then the shim stops reading
+//!   clients' input) and written without blocking. When an attached client's stdin ends, as
+//!   containerd does: with `stdinOnce` and no terminal the container's stdin is closed for
+//!   good (the client keeps the output until the container ends), otherwise that client's
+//!   session ends. Resize frames set the terminal's size;
 //! - when the container exits, records its exit code and whether the OOM killer struck
 //!   (the cgroup's `oom_kill` counter), removes the container's libcontainer state and cgroup,
-//!   writes the final `status.json` and exits. The agent may die and come back meanwhile: the
+//!   writes the final `status.json`, ends the attach sessions after their last output and
+//!   exits. The agent may die and come back meanwhile: the
 //!   shim is in its own process group and does not depend on it.
 //!
 //! `exec` runs one process inside the running container with libcontainer's tenant builder,
@@ -23,7 +36,7 @@
 //! The shim must not start threads or an async runtime: libcontainer forks from it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead as _, BufReader, Write as _};
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -39,13 +52,30 @@ use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
 
 use super::cgroups;
 use super::logs::{LogWriter, Stream};
-use super::protocol::{Request, Response};
+use super::protocol::{
+    decode_frame, encode_frame, Request, Response, FRAME_CLOSE_STDIN, FRAME_RESIZE, FRAME_STDERR,
+    FRAME_STDIN, FRAME_STDOUT,
+};
 use super::state::{self, ContainerDir, ContainerRecord, Rootfs, ShimStatus, State};
 use crate::cli::ShimCommand;
 
 /// How long the shim keeps reading output after the init process exited (processes that
 /// inherited the pipes outside the container's PID namespace may hold them open).
 const DRAIN: Duration = Duration::from_secs(5);
+
+/// How long a connection may take to send its whole request line.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the serve loop wakes up while a request is being read (to expire it).
+const TICK: Duration = Duration::from_secs(1);
+/// The longest request line.
+const MAX_REQUEST: usize = 64 * 1024;
+/// Output queued for one attach client beyond which it is detached: a slow client must
+/// never hold up the container or its log.
+const MAX_CLIENT_BACKLOG: usize = 1024 * 1024;
+/// Input queued for the container beyond which the shim stops reading attach clients' input.
+const MAX_STDIN_BACKLOG: usize = 256 * 1024;
+/// How long the exited shim keeps delivering answers and last output to slow clients.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// Exit code of `shim exec` when the process could not be started (as `docker exec`).
 const EXEC_FAILED: u8 = 126;
@@ -161,6 +191,90 @@ struct Output {
     open: bool,
 }
 
+/// The container's stdin, kept by the shim for attach clients.
+struct ContainerStdin {
+    /// The write end of the stdin pipe, or a duplicate of the terminal master.
+    fd: OwnedFd,
+    /// Input from clients not yet taken by the container.
+    pending: Vec<u8>,
+    /// Close once `pending` is written (`stdinOnce`).
+    closing: bool,
+}
+
+/// What a connection on `shim.sock` is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    /// Reading its request line.
+    Request,
+    /// A `Wait`: answered by `finish`.
+    Waiting,
+    /// Answered: closed once the answer is written.
+    Closing,
+    /// An attach session ([`super::protocol`]).
+    Attached {
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
+}
+
+/// One connection on `shim.sock`, non-blocking, with its own buffers.
+struct Conn {
+    stream: UnixStream,
+    state: ConnState,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    opened: Instant,
+    /// The peer shut down its side: nothing more to read.
+    read_closed: bool,
+    /// Must go: the peer is gone, an error, a protocol violation, too slow.
+    dead: bool,
+}
+
+impl Conn {
+    fn new(stream: UnixStream) -> Conn {
+        Conn {
+            stream,
+            state: ConnState::Request,
+            input: Vec::new(),
+            output: Vec::new(),
+            opened: Instant::now(),
+            read_closed: false,
+            dead: false,
+        }
+    }
+
+    fn respond(&mut self, response: &Response) {
+        if let Ok(mut line) = serde_json::to_vec(response) {
+            line.push(b'\n');
+            self.output.extend_from_slice(&line);
+        }
+        self.flush();
+    }
+
+    /// Writes what is queued, without blocking.
+    fn flush(&mut self) {
+        while !self.output.is_empty() && !self.dead {
+            match rustix::net::send(&self.stream, &self.output, rustix::net::SendFlags::NOSIGNAL) {
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(_) => self.dead = true,
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.dead || (self.state == ConnState::Closing && self.output.is_empty())
+    }
+
+    fn wants_input(&self) -> bool {
+        !self.read_closed && matches!(self.state, ConnState::Request | ConnState::Attached { .. })
+    }
+}
+
 struct Shim {
     dir: ContainerDir,
     record: ContainerRecord,
@@ -171,7 +285,10 @@ struct Shim {
     outputs: Vec<Output>,
     log: LogWriter,
     status: ShimStatus,
-    waiters: Vec<UnixStream>,
+    conns: Vec<Conn>,
+    /// The container's stdin while it is open (`stdin: true`).
+    stdin: Option<ContainerStdin>,
+    tty: bool,
     cgroup_version: Option<cgroups::Version>,
 }
 
@@ -200,7 +317,7 @@ impl Shim {
         let builder = ContainerBuilder::new(record.id.clone(), SyscallType::default())
             .with_root_path(dir.libcontainer_root())?
             .validate_id()?;
-        let (container, outputs) = if tty {
+        let (container, outputs, stdin) = if tty {
             let console_path = dir.dir.join("console.sock");
             let _ = fs::remove_file(&console_path);
             let console =
@@ -214,19 +331,49 @@ impl Shim {
                 .build()?;
             let master = receive_terminal(&console)?;
             let _ = fs::remove_file(&console_path);
+            rustix::io::ioctl_fionbio(&master, true)
+                .map_err(errno_ctx("making the terminal non-blocking"))?;
+            // Input goes to the same terminal master the output comes from.
+            let stdin = if record.stdin {
+                Some(ContainerStdin {
+                    fd: master
+                        .try_clone()
+                        .map_err(io_ctx("duplicating the terminal"))?,
+                    pending: Vec::new(),
+                    closing: false,
+                })
+            } else {
+                None
+            };
             let outputs = vec![Output {
                 fd: master,
                 stream: Stream::Stdout,
                 open: true,
             }];
-            (container, outputs)
+            (container, outputs, stdin)
         } else {
             let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
                 .map_err(errno_ctx("creating the stdout pipe"))?;
             let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
                 .map_err(errno_ctx("creating the stderr pipe"))?;
+            // With `stdin: true` the container reads a pipe that the shim keeps open (reads
+            // block until a client attaches); otherwise /dev/null.
+            let (stdin_fd, stdin) = if record.stdin {
+                let (in_r, in_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(errno_ctx("creating the stdin pipe"))?;
+                rustix::io::ioctl_fionbio(&in_w, true)
+                    .map_err(errno_ctx("making the stdin pipe non-blocking"))?;
+                let stdin = ContainerStdin {
+                    fd: in_w,
+                    pending: Vec::new(),
+                    closing: false,
+                };
+                (in_r, Some(stdin))
+            } else {
+                (OwnedFd::from(null), None)
+            };
             let container = builder
-                .with_stdin(OwnedFd::from(null))
+                .with_stdin(stdin_fd)
                 .with_stdout(out_w)
                 .with_stderr(err_w)
                 .as_init(&dir.dir)
@@ -245,7 +392,7 @@ impl Shim {
                     open: true,
                 },
             ];
-            (container, outputs)
+            (container, outputs, stdin)
         };
         let raw_pid = container
             .pid()
@@ -274,12 +421,14 @@ impl Shim {
             outputs,
             log,
             status,
-            waiters: Vec::new(),
+            conns: Vec::new(),
+            stdin,
+            tty,
             cgroup_version: cgroups::detect().ok(),
         })
     }
 
-    /// Serves the agent and copies output until the container has exited.
+    /// Serves the agent and attach clients and copies output until the container has exited.
     fn serve(mut self) -> Result<(), ShimError> {
         let mut exited_at: Option<Instant> = None;
         let mut buf = vec![0u8; 32 * 1024];
@@ -290,7 +439,8 @@ impl Shim {
                     break;
                 }
             }
-            let (listener_ready, pid_ready, ready_outputs) = {
+            self.expire_requests();
+            let ready = {
                 let mut fds = vec![PollFd::new(&self.listener, PollFlags::IN)];
                 let pid_index = if exited_at.is_none() {
                     fds.push(PollFd::new(&self.pidfd, PollFlags::IN));
@@ -305,12 +455,36 @@ impl Shim {
                         output_index.push((i, fds.len() - 1));
                     }
                 }
-                let timeout = exited_at.map(|at| {
-                    let left = DRAIN.saturating_sub(at.elapsed());
-                    Timespec {
-                        tv_sec: left.as_secs() as i64,
-                        tv_nsec: i64::from(left.subsec_nanos()),
+                let stdin_backlog = self.stdin.as_ref().map_or(0, |s| s.pending.len());
+                let stdin_index = match &self.stdin {
+                    Some(stdin) if !stdin.pending.is_empty() => {
+                        fds.push(PollFd::new(&stdin.fd, PollFlags::OUT));
+                        Some(fds.len() - 1)
                     }
+                    _ => None,
+                };
+                let mut conn_index = Vec::new();
+                for (i, conn) in self.conns.iter().enumerate() {
+                    let mut flags = PollFlags::empty();
+                    // A full stdin backlog holds back the clients that send input.
+                    let held = matches!(conn.state, ConnState::Attached { stdin: true, .. })
+                        && stdin_backlog >= MAX_STDIN_BACKLOG;
+                    if conn.wants_input() && !held {
+                        flags |= PollFlags::IN;
+                    }
+                    if !conn.output.is_empty() {
+                        flags |= PollFlags::OUT;
+                    }
+                    fds.push(PollFd::new(&conn.stream, flags));
+                    conn_index.push((i, fds.len() - 1));
+                }
+                let mut timeout = exited_at.map(|at| DRAIN.saturating_sub(at.elapsed()));
+                if self.conns.iter().any(|c| c.state == ConnState::Request) {
+                    timeout = Some(timeout.map_or(TICK, |t| t.min(TICK)));
+                }
+                let timeout = timeout.map(|left| Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: i64::from(left.subsec_nanos()),
                 });
                 match rustix::event::poll(&mut fds, timeout.as_ref()) {
                     Ok(_) => {}
@@ -318,24 +492,36 @@ impl Shim {
                     Err(err) => return Err(errno_ctx("poll")(err)),
                 }
                 let busy = |fd: &PollFd<'_>| !fd.revents().is_empty();
-                let ready_outputs: Vec<usize> = output_index
-                    .iter()
-                    .filter(|(_, fd)| busy(&fds[*fd]))
-                    .map(|(i, _)| *i)
-                    .collect();
-                (
-                    busy(&fds[0]),
-                    pid_index.is_some_and(|i| busy(&fds[i])),
-                    ready_outputs,
-                )
+                Ready {
+                    listener: busy(&fds[0]),
+                    pid: pid_index.is_some_and(|i| busy(&fds[i])),
+                    outputs: output_index
+                        .iter()
+                        .filter(|(_, fd)| busy(&fds[*fd]))
+                        .map(|(i, _)| *i)
+                        .collect(),
+                    stdin: stdin_index.is_some_and(|i| busy(&fds[i])),
+                    conns: conn_index
+                        .iter()
+                        .filter(|(_, fd)| busy(&fds[*fd]))
+                        .map(|(i, fd)| (*i, fds[*fd].revents()))
+                        .collect(),
+                }
             };
-            for i in ready_outputs {
+            for i in ready.outputs {
                 self.copy_output(i, &mut buf);
             }
-            if listener_ready {
+            for (i, revents) in ready.conns {
+                self.serve_conn(i, revents, &mut buf);
+            }
+            if ready.stdin || self.stdin.as_ref().is_some_and(|s| s.closing) {
+                self.flush_stdin();
+            }
+            if ready.listener {
                 self.accept();
             }
-            if (pid_ready || exited_at.is_none()) && self.reap() {
+            self.remove_finished_conns();
+            if (ready.pid || exited_at.is_none()) && self.reap() {
                 exited_at = Some(Instant::now());
             }
         }
@@ -347,20 +533,290 @@ impl Shim {
         Ok(())
     }
 
-    /// Copies what is waiting on one output into the log.
+    /// Copies what is waiting on one output into the log and to the attached clients.
     fn copy_output(&mut self, index: usize, buf: &mut [u8]) {
         let output = &mut self.outputs[index];
-        match rustix::io::read(&output.fd, &mut *buf) {
-            Ok(0) => output.open = false,
-            Ok(n) => {
-                let stream = output.stream;
-                if let Err(err) = self.log.write(stream, &buf[..n]) {
-                    tracing::warn!(error = %err, "writing the container log");
+        let stream = output.stream;
+        let n = match rustix::io::read(&output.fd, &mut *buf) {
+            Ok(0) => {
+                output.open = false;
+                return;
+            }
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => return,
+            // A terminal master reads EIO once the other side is closed.
+            Err(_) => {
+                output.open = false;
+                return;
+            }
+        };
+        if let Err(err) = self.log.write(stream, &buf[..n]) {
+            tracing::warn!(error = %err, "writing the container log");
+        }
+        let kind = match stream {
+            Stream::Stdout => FRAME_STDOUT,
+            Stream::Stderr => FRAME_STDERR,
+        };
+        let mut frame = None;
+        for conn in &mut self.conns {
+            let ConnState::Attached { stdout, stderr, .. } = conn.state else {
+                continue;
+            };
+            let wanted = match stream {
+                Stream::Stdout => stdout,
+                Stream::Stderr => stderr,
+            };
+            if !wanted || conn.dead {
+                continue;
+            }
+            if conn.output.len() >= MAX_CLIENT_BACKLOG {
+                tracing::warn!("an attach client does not keep up with the output, detaching it");
+                conn.dead = true;
+                continue;
+            }
+            let frame = frame.get_or_insert_with(|| encode_frame(kind, &buf[..n]));
+            conn.output.extend_from_slice(frame);
+            conn.flush();
+        }
+    }
+
+    /// Writes pending client input to the container's stdin without blocking; closes it when
+    /// `stdinOnce` asked for that and everything is written.
+    fn flush_stdin(&mut self) {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return;
+        };
+        while !stdin.pending.is_empty() {
+            match rustix::io::write(&stdin.fd, &stdin.pending) {
+                Ok(n) => {
+                    stdin.pending.drain(..n);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(err) => {
+                    // Nobody reads it any more (EPIPE): input has nowhere to go.
+                    tracing::info!(error = %err, "the container's stdin is gone");
+                    self.stdin = None;
+                    return;
                 }
             }
-            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => {}
-            // A terminal master reads EIO once the other side is closed.
-            Err(_) => output.open = false,
+        }
+        if stdin.closing {
+            tracing::info!("closing the container's stdin (stdinOnce)");
+            self.stdin = None;
+        }
+    }
+
+    /// Reads from and writes to one connection that poll found ready.
+    fn serve_conn(&mut self, index: usize, revents: PollFlags, buf: &mut [u8]) {
+        if revents.contains(PollFlags::OUT) {
+            self.conns[index].flush();
+        }
+        if revents.contains(PollFlags::IN) {
+            let conn = &mut self.conns[index];
+            match rustix::io::read(&conn.stream, &mut *buf) {
+                Ok(0) => {
+                    conn.read_closed = true;
+                    match conn.state {
+                        ConnState::Attached { .. } => self.client_stdin_ended(index),
+                        // Hung up before asking anything.
+                        ConnState::Request => conn.dead = true,
+                        ConnState::Waiting | ConnState::Closing => {}
+                    }
+                }
+                Ok(n) => match conn.state {
+                    ConnState::Request => {
+                        conn.input.extend_from_slice(&buf[..n]);
+                        self.take_request(index);
+                    }
+                    ConnState::Attached { .. } => {
+                        conn.input.extend_from_slice(&buf[..n]);
+                        self.take_frames(index);
+                    }
+                    ConnState::Waiting | ConnState::Closing => {}
+                },
+                Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => {}
+                Err(_) => conn.dead = true,
+            }
+        } else if revents.intersects(PollFlags::HUP | PollFlags::ERR) {
+            // Gone entirely (nothing left to read).
+            self.conns[index].dead = true;
+        }
+    }
+
+    /// Accepts every waiting connection; their requests are read by the poll loop.
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_ok() {
+                        self.conns.push(Conn::new(stream));
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Drops connections that did not send a whole request in time.
+    fn expire_requests(&mut self) {
+        for conn in &mut self.conns {
+            if conn.state == ConnState::Request && conn.opened.elapsed() >= REQUEST_READ_TIMEOUT {
+                tracing::debug!("dropping a connection that sent no request");
+                conn.dead = true;
+            }
+        }
+    }
+
+    fn remove_finished_conns(&mut self) {
+        for index in 0..self.conns.len() {
+            if self.conns[index].dead {
+                // A client that vanishes has detached (its stdin ended too).
+                self.client_stdin_ended(index);
+            }
+        }
+        self.conns.retain(|conn| !conn.done());
+    }
+
+    /// Handles the request line of a connection once it is complete.
+    fn take_request(&mut self, index: usize) {
+        let conn = &mut self.conns[index];
+        let Some(end) = conn.input.iter().position(|b| *b == b'\n') else {
+            if conn.input.len() > MAX_REQUEST {
+                conn.respond(&Response {
+                    status: None,
+                    error: Some("request too long".into()),
+                });
+                conn.state = ConnState::Closing;
+            }
+            return;
+        };
+        let line: Vec<u8> = conn.input.drain(..=end).collect();
+        let request: Result<Request, String> =
+            serde_json::from_slice(&line).map_err(|err| format!("bad request: {err}"));
+        match request {
+            // Answered by `finish`, once the output is in the log and the status is final.
+            Ok(Request::Wait) => conn.state = ConnState::Waiting,
+            Ok(Request::Attach {
+                stdin,
+                stdout,
+                stderr,
+            }) => {
+                tracing::info!(stdin, stdout, stderr, "client attached");
+                conn.state = ConnState::Attached {
+                    stdin,
+                    stdout,
+                    stderr,
+                };
+                let response = Response {
+                    status: Some(self.status.clone()),
+                    error: None,
+                };
+                self.conns[index].respond(&response);
+                // Frames may have come with the request.
+                self.take_frames(index);
+            }
+            Ok(request) => {
+                let response = self.handle(request);
+                let conn = &mut self.conns[index];
+                conn.respond(&response);
+                conn.state = ConnState::Closing;
+            }
+            Err(error) => {
+                conn.respond(&Response {
+                    status: None,
+                    error: Some(error),
+                });
+                conn.state = ConnState::Closing;
+            }
+        }
+    }
+
+    /// Carries out the frames an attached client sent.
+    fn take_frames(&mut self, index: usize) {
+        loop {
+            let conn = &mut self.conns[index];
+            let ConnState::Attached {
+                stdin: sends_input, ..
+            } = conn.state
+            else {
+                return;
+            };
+            let (kind, payload, used) = match decode_frame(&conn.input) {
+                Ok(Some(frame)) => (frame.kind, frame.payload.to_vec(), frame.len),
+                Ok(None) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "bad attach frame, detaching the client");
+                    conn.dead = true;
+                    return;
+                }
+            };
+            conn.input.drain(..used);
+            match kind {
+                FRAME_STDIN if sends_input => {
+                    if let Some(stdin) = self.stdin.as_mut().filter(|s| !s.closing) {
+                        stdin.pending.extend_from_slice(&payload);
+                    }
+                    self.flush_stdin();
+                }
+                FRAME_RESIZE => self.resize(&payload),
+                FRAME_CLOSE_STDIN => self.client_stdin_ended(index),
+                _ => {}
+            }
+        }
+    }
+
+    /// An attached client's stdin ended, as containerd handles it: with `stdinOnce` and no
+    /// terminal the container's stdin closes and the client keeps receiving output until
+    /// the container ends; otherwise the client's session ends.
+    fn client_stdin_ended(&mut self, index: usize) {
+        let once = self.record.stdin_once && !self.tty;
+        let conn = &mut self.conns[index];
+        let ConnState::Attached {
+            stdin: true,
+            stdout,
+            stderr,
+        } = conn.state
+        else {
+            return;
+        };
+        if !self.record.stdin {
+            return;
+        }
+        if once {
+            conn.state = ConnState::Attached {
+                stdin: false,
+                stdout,
+                stderr,
+            };
+            if let Some(stdin) = self.stdin.as_mut() {
+                stdin.closing = true;
+            }
+            self.flush_stdin();
+        } else {
+            conn.state = ConnState::Closing;
+        }
+    }
+
+    /// Applies a `<columns> <rows>` resize to the terminal, when there is one.
+    fn resize(&mut self, payload: &[u8]) {
+        if !self.tty {
+            return;
+        }
+        let (Some(master), Some((columns, rows))) =
+            (self.outputs.first(), super::exec::parse_size(payload))
+        else {
+            return;
+        };
+        let size = rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: columns,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        if let Err(err) = rustix::termios::tcsetwinsize(&master.fd, size) {
+            tracing::warn!(error = %err, "resizing the terminal failed");
         }
     }
 
@@ -388,37 +844,9 @@ impl Shim {
         init_exited
     }
 
-    /// Takes one request from the socket.
-    fn accept(&mut self) {
-        let stream = match self.listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(_) => return,
-        };
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut line = String::new();
-        let request: Result<Request, String> = match BufReader::new(&stream).read_line(&mut line) {
-            Ok(_) => serde_json::from_str(&line).map_err(|err| format!("bad request: {err}")),
-            Err(err) => Err(format!("reading request: {err}")),
-        };
-        let response = match request {
-            // Answered by `finish`, once the output is in the log and the status is final.
-            Ok(Request::Wait) => {
-                self.waiters.push(stream);
-                return;
-            }
-            Ok(request) => self.handle(request),
-            Err(error) => Response {
-                status: None,
-                error: Some(error),
-            },
-        };
-        respond(stream, &response);
-    }
-
     fn handle(&mut self, request: Request) -> Response {
         let result = match request {
-            Request::Status | Request::Wait => Ok(()),
+            Request::Status | Request::Wait | Request::Attach { .. } => Ok(()),
             Request::Start => self.start(),
             Request::Kill { signal, all } => self.kill(signal, all),
         };
@@ -465,7 +893,8 @@ impl Shim {
         Ok(())
     }
 
-    /// The container has exited: clean up, record, answer the waiters.
+    /// The container has exited: clean up, record, answer the waiters, end the attach
+    /// sessions (after their last output).
     fn finish(mut self) {
         // Processes left in the cgroup (possible with a shared PID namespace) go too.
         if let Ok(signal) = libcontainer::signal::Signal::try_from(9) {
@@ -485,24 +914,58 @@ impl Shim {
         if let Err(err) = self.dir.write_status(&self.status) {
             tracing::error!(error = %err, "writing the final status");
         }
+        // From now on status.json is the answer; new callers read it instead.
+        let _ = fs::remove_file(self.dir.socket());
         let response = Response {
             status: Some(self.status.clone()),
             error: None,
         };
-        for waiter in std::mem::take(&mut self.waiters) {
-            respond(waiter, &response);
+        for conn in &mut self.conns {
+            match conn.state {
+                ConnState::Waiting => {
+                    conn.respond(&response);
+                    conn.state = ConnState::Closing;
+                }
+                ConnState::Attached { .. } => conn.state = ConnState::Closing,
+                // Asked too late: status.json answers them.
+                ConnState::Request => conn.dead = true,
+                ConnState::Closing => {}
+            }
         }
-        let _ = fs::remove_file(self.dir.socket());
+        self.conns.retain(|conn| !conn.done());
+        let deadline = Instant::now() + FINAL_FLUSH;
+        while !self.conns.is_empty() && Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            let mut fds: Vec<PollFd<'_>> = self
+                .conns
+                .iter()
+                .map(|conn| PollFd::new(&conn.stream, PollFlags::OUT))
+                .collect();
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => break,
+            }
+            drop(fds);
+            for conn in &mut self.conns {
+                conn.flush();
+            }
+            self.conns.retain(|conn| !conn.done());
+        }
         tracing::info!("shim done");
     }
 }
 
-fn respond(mut stream: UnixStream, response: &Response) {
-    if let Ok(mut line) = serde_json::to_vec(response) {
-        line.push(b'\n');
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-        let _ = stream.write_all(&line);
-    }
+/// What one poll of the serve loop found ready.
+struct Ready {
+    listener: bool,
+    pid: bool,
+    outputs: Vec<usize>,
+    stdin: bool,
+    conns: Vec<(usize, PollFlags)>,
 }
 
 /// Mounts the overlay root filesystem of the container at `DIR/rootfs`.

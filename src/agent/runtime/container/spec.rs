@@ -105,6 +105,10 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub tty: bool,
+    /// Keep the container's stdin open for attach clients (the container's `stdin`).
+    pub stdin: bool,
+    /// Close the container's stdin when the first attached client's stdin ends (`stdinOnce`).
+    pub stdin_once: bool,
     pub security: SecurityContext,
     pub mounts: Vec<Mount>,
     /// The pod's shared /dev/shm; a private tmpfs when `None`.

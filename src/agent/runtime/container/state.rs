@@ -3,7 +3,7 @@
 //! Each container has a directory `<runtime-root>/<id>/` that is also its OCI bundle:
 //! `config.json` (the OCI spec), `container.json` ([`ContainerRecord`], written once by the
 //! agent), `status.json` ([`ShimStatus`], written only by the shim, always atomically),
-//! `shim.sock` (the shim's socket while it runs), `shim.log` (the shim's own diagnostics) and,
+//! `shim.sock` (the shim's socket while it runs: requests and attach sessions), `shim.log` (the shim's own diagnostics) and,
 //! for overlay root filesystems, `rootfs/`, `upper/` and `work/`. libcontainer keeps its state
 //! under `<runtime-root>/.libcontainer/<id>/`.
 //!
@@ -112,6 +112,12 @@ pub struct ContainerRecord {
     pub cgroup_path: String,
     /// Unix seconds with nanoseconds, when the agent created it.
     pub created_at: String,
+    /// The container has a stdin for attach clients ([`super::spec::ContainerSpec::stdin`]).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Its stdin closes after the first attach ([`super::spec::ContainerSpec::stdin_once`]).
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// The life cycle states, as the CRI names them.

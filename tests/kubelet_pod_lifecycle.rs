@@ -13,6 +13,8 @@ use std::fs;
 use std::path::Path;
 
 use cluster::agent::runtime::container::cgroups::{self, QosClass};
+use cluster::agent::runtime::container::state::ContainerDir;
+use rustix::process::{kill_process, Pid, Signal};
 use support::node::{require, Node, IMAGE};
 
 /// A container as YAML (indented for a pod's container list), running `script` in sh.
@@ -55,6 +57,15 @@ fn sleeper(name: &str, grace: u32) -> String {
     )
 }
 
+/// The process exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("State:"))
+        .is_some_and(|l| !l.contains('Z'))
+}
+
 /// What the node still holds of pod `uid`: containers, cgroups, network namespace, pod dir.
 fn leftovers(node: &Node, uid: &str) -> Vec<String> {
     let mut left = Vec::new();
@@ -92,9 +103,9 @@ fn leftovers(node: &Node, uid: &str) -> Vec<String> {
     left
 }
 
-/// Forty pods whose container ignores SIGTERM (sleep as PID 1), deleted with one
-/// `kubectl delete pods --all --wait`: every one is gone after its grace period, and the node
-/// keeps nothing of them.
+/// Forty pods whose container ignores SIGTERM (sleep as PID 1), three of them with their shim
+/// killed, deleted with one `kubectl delete pods --all --wait`: every one is gone after its
+/// grace period, and the node keeps nothing of them, not even the orphaned processes.
 #[test]
 fn mass_delete_leaves_nothing_behind() {
     if !require("mass_delete_leaves_nothing_behind") {
@@ -129,6 +140,27 @@ fn mass_delete_leaves_nothing_behind() {
     let uids: Vec<&str> = uids.split_whitespace().collect();
     assert_eq!(uids.len(), PODS);
 
+    // Three pods lose their shims (SIGKILL): their containers keep running, orphaned, in
+    // their cgroups; the kubelet must still get rid of them.
+    let root = node.run_dir().join("containers");
+    let mut orphans = Vec::new();
+    for uid in &uids[..3] {
+        for id in node.containers_of(uid) {
+            let status = ContainerDir::new(&root, &id)
+                .read_status()
+                .expect("status.json");
+            let (Some(pid), Some(shim)) = (status.pid, status.shim_pid) else {
+                node.fail(&format!(
+                    "container {id} has no pid or shim pid: {status:?}"
+                ));
+            };
+            let shim = Pid::from_raw(shim).expect("shim pid");
+            kill_process(shim, Signal::KILL).expect("kill the shim");
+            orphans.push(pid);
+        }
+    }
+    assert_eq!(orphans.len(), 3);
+
     let (ok, out, err) = node.kubectl(&["delete", "pods", "--all", "--wait", "--timeout=300s"]);
     if !ok {
         node.fail(&format!("kubectl delete pods --all: {err}\n{out}"));
@@ -137,7 +169,12 @@ fn mass_delete_leaves_nothing_behind() {
     if !remaining.trim().is_empty() {
         node.fail(&format!("pods left after the delete: {remaining}"));
     }
-    let left: Vec<String> = uids.iter().flat_map(|uid| leftovers(&node, uid)).collect();
+    let mut left: Vec<String> = uids.iter().flat_map(|uid| leftovers(&node, uid)).collect();
+    for pid in orphans {
+        if alive(pid) {
+            left.push(format!("process {pid} of a container whose shim died"));
+        }
+    }
     if !left.is_empty() {
         node.fail(&format!("the deleted pods left {left:#?}"));
     }

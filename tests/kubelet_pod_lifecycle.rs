@@ -293,6 +293,16 @@ fn deadline_and_termination_messages() {
         container_status(&pod_json(&node, "msg-fallback"), "main")["state"]["terminated"].clone();
     let expected: String = (21..=100).map(|i| format!("line {i}\n")).collect();
     assert_eq!(terminated["message"].as_str(), Some(expected.as_str()));
+    // A finished pod keeps its container (record and log) until it is deleted; only its
+    // processes are gone.
+    let uid = node.pod_field("msg-fallback", "{.metadata.uid}");
+    let kept = node.containers_of(&uid);
+    assert_eq!(kept.len(), 1, "containers of the finished pod: {kept:?}");
+    let logs = node.kubectl_ok(&["logs", "msg-fallback"]);
+    assert!(
+        logs.starts_with("line 1\n") && logs.ends_with("line 100\n"),
+        "{logs}"
+    );
 
     wait_phase(&node, "msg-fallback-ok", "Succeeded");
     let terminated = container_status(&pod_json(&node, "msg-fallback-ok"), "main")["state"]

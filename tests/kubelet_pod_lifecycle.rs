@@ -180,7 +180,7 @@ fn mass_delete_leaves_nothing_behind() {
     }
 }
 
-/// activeDeadlineSeconds fails a running pod with the kubelet's reason, message and event; a
+/// The node reports its images; activeDeadlineSeconds fails a running pod with the kubelet's reason, message and event; a
 /// container's termination message comes from /dev/termination-log (its last 4096 bytes), from
 /// a custom terminationMessagePath, or with FallbackToLogsOnError from the end of its log when
 /// it failed without writing one.
@@ -190,6 +190,31 @@ fn deadline_and_termination_messages() {
         return;
     }
     let node = Node::start("deadline");
+    // The node lists its images (the imported test image) with their sizes.
+    node.wait_for(
+        "the test image in the node's status.images",
+        &[
+            "get",
+            "node",
+            &node.name,
+            "-o",
+            "jsonpath={.status.images[*].names}",
+        ],
+        |s| s.contains(IMAGE),
+    );
+    let sizes = node.kubectl_ok(&[
+        "get",
+        "node",
+        &node.name,
+        "-o",
+        "jsonpath={.status.images[*].sizeBytes}",
+    ]);
+    assert!(
+        sizes
+            .split_whitespace()
+            .all(|s| s.parse::<u64>().is_ok_and(|n| n > 0)),
+        "image sizes {sizes:?}"
+    );
     let pod = |name: &str, policy: &str, extra_spec: &str, containers: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 1\n{extra_spec}  containers:\n{containers}"
@@ -341,14 +366,16 @@ fn sidecars_run_beside_containers_and_stop_after_them() {
             "trap 'echo {name} >> /shared/order; exit 0' TERM; touch /shared/{name}-up; while true; do sleep 0.2; done"
         )
     };
+    // s1 is started only once its startup probe passes (2 s after it runs): the check init
+    // container, which must not start before, fails unless s1 reported itself up.
+    let s1 = sidecar("s1", &format!("sleep 2; {}", stops_in_order("s1"))).replace(
+        "    restartPolicy: Always\n",
+        "    restartPolicy: Always\n    startupProbe:\n      exec: {command: [/bin/sh, -c, \"test -f /shared/s1-up\"]}\n      periodSeconds: 1\n      failureThreshold: 30\n",
+    );
     let server = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: server\nspec:\n  terminationGracePeriodSeconds: 20\n{volume}  initContainers:\n{}{}{}  containers:\n{}",
-        sidecar("s1", &stops_in_order("s1")),
-        container(
-            "check",
-            "i=0; while [ ! -f /shared/s1-up ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done",
-            mount,
-        ),
+        s1,
+        container("check", "test -f /shared/s1-up", mount),
         sidecar("s2", &stops_in_order("s2")),
         container("main", &stops_in_order("main"), mount),
     );
@@ -374,6 +401,10 @@ fn sidecars_run_beside_containers_and_stop_after_them() {
     }
     let check = container_status(&server_pod, "check");
     assert_eq!(check["state"]["terminated"]["exitCode"], 0, "{check}");
+    assert_eq!(
+        check["restartCount"], 0,
+        "check ran before s1 started: {check}"
+    );
     let initialized = server_pod["status"]["conditions"]
         .as_array()
         .into_iter()

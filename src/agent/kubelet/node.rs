@@ -2,7 +2,7 @@
 //! setters build them — capacity and allocatable (cpu, memory, pods, ephemeral-storage),
 //! addresses (InternalIP, Hostname), nodeInfo, labels, taints at registration, the conditions
 //! MemoryPressure / DiskPressure / PIDPressure / Ready with the kubelet's reasons and messages,
-//! and the kubelet endpoint.
+//! the kubelet endpoint and the images (largest first, as the kubelet lists them).
 //!
 //! The status is posted when it changes and at least every minute ([`status_loop`]); the
 //! heartbeat proper is the Lease ([`super::lease`]). This module must not touch pods.
@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
-    NodeSystemInfo, Taint,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
+    NodeSpec, NodeStatus, NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
@@ -257,6 +257,32 @@ pub fn status(config: &KubeletConfig, facts: &HostFacts) -> NodeStatus {
     }
 }
 
+/// The kubelet's limits for status.images: the largest 50 images, 5 names each.
+const MAX_IMAGES: usize = 50;
+const MAX_NAMES_PER_IMAGE: usize = 5;
+
+/// status.images as the kubelet reports them: largest first, each named by its repo digests
+/// then its tags.
+pub fn images(list: &[(Vec<String>, Vec<String>, u64)]) -> Vec<ContainerImage> {
+    let mut images: Vec<ContainerImage> = list
+        .iter()
+        .map(|(names, repo_digests, size)| ContainerImage {
+            names: Some(
+                repo_digests
+                    .iter()
+                    .chain(names.iter())
+                    .take(MAX_NAMES_PER_IMAGE)
+                    .cloned()
+                    .collect(),
+            ),
+            size_bytes: i64::try_from(*size).ok(),
+        })
+        .collect();
+    images.sort_by_key(|i| std::cmp::Reverse(i.size_bytes));
+    images.truncate(MAX_IMAGES);
+    images
+}
+
 /// The labels the node registers with.
 pub fn labels(config: &KubeletConfig) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
@@ -367,12 +393,23 @@ pub async fn status_loop(kubelet: Kubelet, shutdown: CancellationToken) {
         .unwrap_or_default();
         let mut current = status(&kubelet.config, &facts);
         current.conditions = Some(conditions(&facts, ready));
+        match kubelet.images.list() {
+            Ok(list) => {
+                let list: Vec<_> = list
+                    .into_iter()
+                    .map(|i| (i.names, i.repo_digests, i.size))
+                    .collect();
+                current.images = Some(images(&list));
+            }
+            Err(err) => debug!(error = %err, "listing images for the node status"),
+        }
         let unchanged = last.as_ref().is_some_and(|(old, _)| {
             // Free memory and disk move all the time; only what the status shows counts.
             old.conditions == current.conditions
                 && old.addresses == current.addresses
                 && old.capacity == current.capacity
                 && old.node_info == current.node_info
+                && old.images == current.images
         });
         if !unchanged || last_sent.elapsed() >= STATUS_REPORT {
             match post_status(&api, &name, current.clone()).await {
@@ -539,5 +576,30 @@ mod tests {
         let pressure = super::conditions(&low_memory, false);
         assert_eq!(pressure[0].status, "True");
         assert_eq!(pressure[3].reason.as_deref(), Some("KubeletNotReady"));
+    }
+
+    #[test]
+    fn images_are_listed_largest_first_with_digests_then_tags() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let list = vec![
+            (names(&["docker.io/library/small:1"]), Vec::new(), 10),
+            (
+                names(&["docker.io/library/big:1", "docker.io/library/big:latest"]),
+                names(&["docker.io/library/big@sha256:aa"]),
+                1000,
+            ),
+        ];
+        let shown = images(&list);
+        assert_eq!(shown.len(), 2);
+        assert_eq!(shown[0].size_bytes, Some(1000));
+        assert_eq!(
+            shown[0].names.clone().unwrap_or_default(),
+            names(&[
+                "docker.io/library/big@sha256:aa",
+                "docker.io/library/big:1",
+                "docker.io/library/big:latest"
+            ])
+        );
+        assert_eq!(shown[1].size_bytes, Some(10));
     }
 }

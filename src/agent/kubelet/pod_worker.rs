@@ -1,10 +1,16 @@
 //! One pod's worker: a state machine that drives the pod toward its spec and reports what it
-//! sees. Each sync: (1) a pod being deleted is stopped (SIGTERM, grace period, SIGKILL), its
-//! containers and sandbox removed, and the pod deleted for good with grace period 0, as the
-//! kubelet does; (2) otherwise the sandbox is made, init containers run one by one to
-//! completion, then the containers start, and exited containers are restarted according to
-//! restartPolicy with CrashLoopBackOff; (3) the status is written to `pods/status` when it
-//! changed.
+//! sees. Each sync: (1) a pod being deleted is stopped — containers first, then sidecars last
+//! to first; preStop, SIGTERM, the grace period, SIGKILL, each signal sent again on the next
+//! sync until it got through — its containers and sandbox removed, and the pod deleted for
+//! good with grace period 0, as the kubelet does; (2) a pod past its
+//! activeDeadlineSeconds, or whose containers completed (restartPolicy Never/OnFailure), is
+//! stopped the same way and its terminal phase reported once nothing of it runs; (3) otherwise
+//! the sandbox is made, init containers run one by one to completion (a sidecar — restartPolicy
+//! Always — only until it has started, and it then runs beside the containers, restarted
+//! whenever it exits), then the containers start, and exited containers are restarted
+//! according to restartPolicy with CrashLoopBackOff; finished containers get their termination
+//! message (the file mounted at terminationMessagePath, or the end of their log); (4) the
+//! status is written to `pods/status` when it changed.
 //!
 //! The worker owns its pod's containers (through the runtime) and its sandbox (through
 //! [`super::sandbox`]). Cancelling it (agent shutdown) leaves everything running: a new worker
@@ -1180,8 +1186,9 @@ impl Worker {
         let mut first = Vec::new();
         let mut by_sidecar: HashMap<String, Vec<(String, Option<Container>)>> = HashMap::new();
         for (name, slot) in &self.slots {
+            // Unknown may only mean the shim did not answer in time: asked again when stopping.
             let running = slot.current.iter().chain(slot.previous.iter());
-            for container in running.filter(|c| !is_finished(c)) {
+            for container in running.filter(|c| !is_finished(c) || c.state == State::Unknown) {
                 let entry = (container.id.clone(), find(name));
                 if sidecars.iter().any(|s| &s.name == name) {
                     by_sidecar.entry(name.clone()).or_default().push(entry);

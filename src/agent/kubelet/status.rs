@@ -1,4 +1,5 @@
-//! A pod's status as the kubelet reports it, computed from what its worker knows: phase,
+//! A pod's status as the kubelet reports it, computed from what its worker knows: phase
+//! (sidecars, init containers with restartPolicy Always, count for readiness, not for it),
 //! conditions (PodScheduled, PodReadyToStartContainers, Initialized, ContainersReady, Ready),
 //! IPs, start time, QoS class and one status per container (state, last state, restart count,
 //! image, image ID, container ID, ready, started).

@@ -2,7 +2,7 @@
 //! setters build them — capacity and allocatable (cpu, memory, pods, ephemeral-storage),
 //! addresses (InternalIP, Hostname), nodeInfo, labels, taints at registration, the conditions
 //! MemoryPressure / DiskPressure / PIDPressure / Ready with the kubelet's reasons and messages,
-//! and the kubelet endpoint.
+//! the kubelet endpoint and the images (largest first, as the kubelet lists them).
 //!
 //! The status is posted when it changes and at least every minute ([`status_loop`]); the
 //! heartbeat proper is the Lease ([`super::lease`]). This module must not touch pods.
@@ -31,8 +31,10 @@ pub const MAX_PODS: u32 = 110;
 const STATUS_CHECK: Duration = Duration::from_secs(10);
 /// The status is posted at least this often even when unchanged.
 const STATUS_REPORT: Duration = Duration::from_secs(60);
-/// At most this many images in `status.images` (the kubelet's `--node-status-max-images`).
+/// At most this many images in `status.images` (the kubelet's `--node-status-max-images`),
+/// with at most this many names each (its maxNamesPerImageInNodeStatus).
 const MAX_IMAGES: usize = 50;
+const MAX_NAMES_PER_IMAGE: usize = 5;
 
 /// The kubelet version this node reports: the API's version.
 pub fn kubelet_version() -> String {
@@ -349,6 +351,7 @@ pub fn images(list: &[Image]) -> Vec<ContainerImage> {
                     .repo_digests
                     .iter()
                     .chain(image.names.iter())
+                    .take(MAX_NAMES_PER_IMAGE)
                     .cloned()
                     .collect(),
             ),
@@ -705,5 +708,11 @@ mod tests {
         assert_eq!(names[1], "docker.io/library/big:1");
         let many: Vec<Image> = (1..=60).map(|i| image("x", i)).collect();
         assert_eq!(images(&many).len(), MAX_IMAGES);
+        let mut named = image("named", 5);
+        named.names = (0..8)
+            .map(|i| format!("docker.io/library/named:{i}"))
+            .collect();
+        let names = images(&[named]).remove(0).names.unwrap_or_default();
+        assert_eq!(names.len(), MAX_NAMES_PER_IMAGE);
     }
 }

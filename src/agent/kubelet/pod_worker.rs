@@ -1,16 +1,22 @@
 //! One pod's worker: a state machine that drives the pod toward its spec and reports what it
-//! sees. Each sync: (1) a pod being deleted is stopped (SIGTERM, grace period, SIGKILL), its
-//! containers and sandbox removed, and the pod deleted for good with grace period 0, as the
-//! kubelet does; (2) otherwise the sandbox is made, init containers run one by one to
-//! completion, then the containers start, and exited containers are restarted according to
-//! restartPolicy with CrashLoopBackOff; (3) the status is written to `pods/status` when it
-//! changed.
+//! sees. Each sync: (1) a pod being deleted is stopped — containers first, then sidecars last
+//! to first; preStop, SIGTERM, the grace period, SIGKILL, each signal sent again on the next
+//! sync until it got through — its containers and sandbox removed, and the pod deleted for
+//! good with grace period 0, as the kubelet does; (2) a pod past its
+//! activeDeadlineSeconds, or whose containers completed (restartPolicy Never/OnFailure), is
+//! stopped the same way and its terminal phase reported once nothing of it runs; (3) otherwise
+//! the sandbox is made, init containers run one by one to completion (a sidecar — restartPolicy
+//! Always — only until it has started, and it then runs beside the containers, restarted
+//! whenever it exits), then the containers start, and exited containers are restarted
+//! according to restartPolicy with CrashLoopBackOff; finished containers get their termination
+//! message (the file mounted at terminationMessagePath, or the end of their log); (4) the
+//! status is written to `pods/status` when it changed.
 //!
 //! The worker owns its pod's containers (through the runtime) and its sandbox (through
 //! [`super::sandbox`]). Cancelling it (agent shutdown) leaves everything running: a new worker
 //! adopts the containers it is handed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
@@ -31,7 +37,9 @@ use super::Kubelet;
 use crate::agent::runtime::container::spec::{
     ContainerResources, ContainerSpec, ImageConfig, PodNamespaces, SeccompProfile, SecurityContext,
 };
-use crate::agent::runtime::container::{ContainerStatus, CreateRequest, PodRef, Rootfs, State};
+use crate::agent::runtime::container::{
+    ContainerStatus, CreateRequest, PodRef, Rootfs, Runtime, RuntimeError, State,
+};
 use crate::agent::runtime::image::PullPolicy;
 
 /// How long a container must run before its restart back-off is forgotten.
@@ -42,6 +50,21 @@ const RESYNC: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(2);
 /// The default terminationGracePeriodSeconds.
 const DEFAULT_GRACE: i64 = 30;
+/// How often a signal that did not get through is sent again while stopping a pod.
+const SIGNAL_RETRY: Duration = Duration::from_secs(1);
+/// How long after SIGKILL a container may take to die before the worker looks again later.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+const SIGTERM: i32 = 15;
+/// Where the termination message file is mounted unless the container says otherwise.
+const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+/// The kubelet's limits: bytes of a termination message file, lines and bytes of the log
+/// used as a fallback.
+const MAX_TERMINATION_MESSAGE: u64 = 4096;
+const FALLBACK_LOG_LINES: u64 = 80;
+const FALLBACK_LOG_BYTES: usize = 2048;
+/// The kubelet's reason message for a pod past its activeDeadlineSeconds.
+const DEADLINE_MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
+const SIGKILL: i32 = 9;
 
 /// What the pod watcher tells a worker.
 #[derive(Debug, Clone)]
@@ -100,6 +123,8 @@ pub fn spawn(
                 failed: None,
                 last_written: None,
                 network_released: false,
+                kill_deadline: None,
+                signalled: HashSet::new(),
                 volumes_ready: false,
                 volumes_refreshed: Instant::now(),
                 cancel: cancel.clone(),
@@ -151,6 +176,10 @@ struct Worker {
     failed: Option<(String, String)>,
     last_written: Option<PodStatus>,
     network_released: bool,
+    /// When the pod being deleted gets SIGKILL (set at the first termination attempt).
+    kill_deadline: Option<Instant>,
+    /// Containers that got their preStop hook and SIGTERM while the pod is being deleted.
+    signalled: HashSet<String>,
     /// The pod's volumes are set up (once), and when they were last refreshed.
     volumes_ready: bool,
     volumes_refreshed: Instant,
@@ -269,8 +298,14 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.phase.clone())
             .or_else(|| self.pod.status.as_ref().and_then(|s| s.phase.clone()));
-        if matches!(phase_before.as_deref(), Some("Succeeded" | "Failed")) {
-            // A finished pod stays finished: nothing is restarted.
+        let phase_now = status::phase(&self.view());
+        if is_terminal(phase_before.as_deref()) || is_terminal(Some(phase_now)) {
+            // A finished pod stays finished: nothing is restarted, nothing of it runs on (its
+            // sidecars are stopped once the containers completed). The terminal phase is
+            // reported once nothing runs, as the kubelet does.
+            if !self.stop_running().await {
+                return Next::At(Instant::now() + RETRY);
+            }
             self.release_network().await;
             self.write_status().await;
             return Next::At(Instant::now() + RESYNC * 6);
@@ -279,6 +314,21 @@ impl Worker {
             self.start_time = Some(status::now());
         }
         let mut next = Instant::now() + RESYNC;
+        if self.failed.is_none() {
+            match self.active_deadline_left() {
+                Some(left) if left.is_zero() => {
+                    info!("activeDeadlineSeconds passed, failing the pod");
+                    self.pod_event(EventType::Normal, "DeadlineExceeded", DEADLINE_MESSAGE);
+                    self.failed = Some(("DeadlineExceeded".into(), DEADLINE_MESSAGE.into()));
+                }
+                Some(left) => next = next.min(Instant::now() + left),
+                None => {}
+            }
+        }
+        if self.failed.is_some() {
+            // Stopped and reported by the next sync, at once.
+            return Next::At(Instant::now());
+        }
         if self.sandbox.is_none() {
             match self.ensure_sandbox().await {
                 Ok(sandbox) => self.sandbox = Some(sandbox),
@@ -311,24 +361,86 @@ impl Worker {
         if let Some(at) = self.run_containers().await {
             next = next.min(at);
         }
+        if is_terminal(Some(status::phase(&self.view()))) {
+            // Stopped and reported by the next sync, at once.
+            return Next::At(Instant::now());
+        }
         self.ensure_probes();
         self.write_status().await;
-        if self.failed.is_some() {
-            self.release_network().await;
-        }
         Next::At(next)
     }
 
-    /// Asks the runtime again about containers that were running.
+    /// Asks the runtime again about containers that were running; one that has finished gets
+    /// its termination message.
     async fn refresh(&mut self) {
-        for slot in self.slots.values_mut() {
-            if let Some(current) = slot.current.as_mut().filter(|c| !is_finished(c)) {
-                match self.kubelet.runtime.status(&current.id).await {
-                    Ok(status) => *current = status,
-                    Err(err) => warn!(container = %current.id, error = %err, "container status"),
+        let running: Vec<(String, String)> = self
+            .slots
+            .iter()
+            .filter_map(|(name, slot)| {
+                let current = slot.current.as_ref().filter(|c| !is_finished(c))?;
+                Some((name.clone(), current.id.clone()))
+            })
+            .collect();
+        for (name, id) in running {
+            let status = match self.kubelet.runtime.status(&id).await {
+                Ok(status) => self.with_termination_message(status).await,
+                Err(err) => {
+                    warn!(container = %id, error = %err, "container status");
+                    continue;
+                }
+            };
+            if let Some(slot) = self.slots.get_mut(&name) {
+                if slot.current.as_ref().is_some_and(|c| c.id == id) {
+                    slot.current = Some(status);
                 }
             }
         }
+    }
+
+    /// The file the kubelet mounts at the container's terminationMessagePath.
+    fn termination_log(&self, container: &str, attempt: u32) -> std::path::PathBuf {
+        sandbox::pod_dir(&self.kubelet.config.pods_root, &self.uid)
+            .join("containers")
+            .join(container)
+            .join(format!("termination-log-{attempt}"))
+    }
+
+    /// Adds the termination message to a finished container's status, as the kubelet reads it:
+    /// the last 4096 bytes of the file at terminationMessagePath or, with
+    /// FallbackToLogsOnError, when that is empty and the container failed, the last 80 lines
+    /// (at most 2048 bytes) of its log.
+    async fn with_termination_message(&self, mut status: ContainerStatus) -> ContainerStatus {
+        if !is_finished(&status) {
+            return status;
+        }
+        let spec = self.pod.spec.as_ref().and_then(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .chain(s.containers.iter())
+                .find(|c| c.name == status.name)
+        });
+        let fallback = spec.and_then(|c| c.termination_message_policy.as_deref())
+            == Some("FallbackToLogsOnError")
+            && status.exit_code != Some(0);
+        let file = self.termination_log(&status.name, status.attempt);
+        let log = status.log_path.clone();
+        let message = tokio::task::spawn_blocking(move || {
+            let message = read_tail(&file, MAX_TERMINATION_MESSAGE);
+            if message.is_empty() && fallback {
+                return last_log_lines(&log);
+            }
+            message
+        })
+        .await
+        .unwrap_or_default();
+        if !message.is_empty() {
+            status.message = Some(match status.message.take().filter(|m| !m.is_empty()) {
+                Some(runtime_message) => format!("{runtime_message}: {message}"),
+                None => message,
+            });
+        }
+        status
     }
 
     async fn ensure_sandbox(&mut self) -> Result<Sandbox, String> {
@@ -370,8 +482,39 @@ impl Worker {
         let mut earliest = |at: Instant| {
             wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
         };
+        // Once a container was created the pod is initialised: sidecars restarting later do
+        // not hold anything up.
+        let initialized = spec.containers.iter().any(|c| {
+            self.slots
+                .get(&c.name)
+                .is_some_and(|slot| slot.current.is_some())
+        });
         for container in spec.init_containers.iter().flatten() {
             let slot = self.slots.get(&container.name).cloned().unwrap_or_default();
+            if is_sidecar(container) {
+                // A sidecar restarts whenever it exits, whatever the pod's restartPolicy; the
+                // next init container waits until it has started.
+                let retry = match &slot.current {
+                    None => self.start(container, 0).await,
+                    Some(current) if is_finished(current) => {
+                        self.restart(container, current.clone()).await
+                    }
+                    Some(_) => None,
+                };
+                if let Some(at) = retry {
+                    earliest(at);
+                }
+                let slot = self.slots.get(&container.name);
+                let running = slot
+                    .and_then(|s| s.current.as_ref())
+                    .is_some_and(|c| c.state == State::Running);
+                let started = container.startup_probe.is_none()
+                    || slot.is_some_and(|s| s.started && s.probed_id.is_some());
+                if initialized || (running && started) {
+                    continue;
+                }
+                return wake;
+            }
             match &slot.current {
                 Some(current) if is_finished(current) && current.exit_code == Some(0) => continue,
                 Some(current) if is_finished(current) => {
@@ -569,6 +712,17 @@ impl Worker {
                 return Some(now + RETRY);
             }
         };
+        let mut volume_mounts = volume_mounts;
+        match self.termination_log_mount(container, attempt, &volume_mounts) {
+            Ok(Some(mount)) => volume_mounts.push(mount),
+            Ok(None) => {}
+            Err(err) => {
+                if let Some(slot) = self.slots.get_mut(&container.name) {
+                    slot.waiting = Some(("CreateContainerConfigError".into(), err));
+                }
+                return Some(now + RETRY);
+            }
+        }
         let (command, args) = super::env::expand_command(container, &env);
         let inputs = Inputs {
             env,
@@ -642,7 +796,8 @@ impl Worker {
             }
         }
         let status = match runtime.status(&id).await {
-            Ok(status) => status,
+            // A short-lived container may be done already.
+            Ok(status) => self.with_termination_message(status).await,
             Err(err) => {
                 warn!(container = %id, error = %err, "container status");
                 return Some(now + RETRY);
@@ -663,6 +818,67 @@ impl Worker {
         slot.current = Some(status);
         self.watch_exit(id);
         None
+    }
+
+    /// How long the pod may still run under its activeDeadlineSeconds (None: no deadline).
+    fn active_deadline_left(&self) -> Option<Duration> {
+        let seconds = self.pod.spec.as_ref()?.active_deadline_seconds?;
+        let start = self.start_time.as_ref()?;
+        let elapsed = jiff::Timestamp::now().duration_since(start.0);
+        let left = jiff::SignedDuration::from_secs(seconds) - elapsed;
+        Some(Duration::try_from(left).unwrap_or(Duration::ZERO))
+    }
+
+    /// Records a kubelet event on the pod itself.
+    fn pod_event(&self, type_: EventType, reason: &str, note: &str) {
+        let reference = self.pod.object_ref(&());
+        let event = KubeEvent {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note.to_string()),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move {
+            if let Err(err) = recorder.publish(&event, &reference).await {
+                debug!(error = %err, "recording an event");
+            }
+        });
+    }
+
+    /// Creates the (empty) file for this run's termination message and the mount that puts it
+    /// at terminationMessagePath (/dev/termination-log by default), writable by any user as
+    /// the kubelet makes it. None when a volume is mounted at that path.
+    fn termination_log_mount(
+        &self,
+        container: &Container,
+        attempt: u32,
+        volume_mounts: &[crate::agent::runtime::container::spec::Mount],
+    ) -> Result<Option<crate::agent::runtime::container::spec::Mount>, String> {
+        let target = container
+            .termination_message_path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| DEFAULT_TERMINATION_MESSAGE_PATH.to_string());
+        if volume_mounts.iter().any(|m| m.container_path == target) {
+            return Ok(None);
+        }
+        let file = self.termination_log(&container.name, attempt);
+        let create = || -> std::io::Result<()> {
+            use std::os::unix::fs::PermissionsExt as _;
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&file, b"")?;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666))
+        };
+        create().map_err(|err| format!("creating {}: {err}", file.display()))?;
+        Ok(Some(crate::agent::runtime::container::spec::Mount {
+            container_path: target,
+            host_path: file,
+            read_only: false,
+        }))
     }
 
     /// Records a kubelet event on the pod, naming the container in the field path.
@@ -706,7 +922,12 @@ impl Worker {
         let Some(spec) = self.pod.spec.clone() else {
             return;
         };
-        for container in &spec.containers {
+        let sidecars = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| is_sidecar(c));
+        for container in sidecars.chain(spec.containers.iter()) {
             let Some(slot) = self.slots.get_mut(&container.name) else {
                 continue;
             };
@@ -785,7 +1006,12 @@ impl Worker {
             .pod
             .spec
             .as_ref()
-            .and_then(|s| s.containers.iter().find(|c| c.name == report.container))
+            .and_then(|s| {
+                let sidecars = s.init_containers.iter().flatten().filter(|c| is_sidecar(c));
+                sidecars
+                    .chain(s.containers.iter())
+                    .find(|c| c.name == report.container)
+            })
             .cloned()
         else {
             return;
@@ -851,6 +1077,7 @@ impl Worker {
         let remaining = self.pre_stop(container, id, grace).await;
         match self.kubelet.runtime.stop(id, remaining).await {
             Ok(status) => {
+                let status = self.with_termination_message(status).await;
                 if let Some(slot) = self.slots.get_mut(&container.name) {
                     if slot.current.as_ref().is_some_and(|c| c.id == id) {
                         slot.current = Some(status);
@@ -891,6 +1118,160 @@ impl Worker {
         grace.saturating_sub(started.elapsed())
     }
 
+    /// Stops the pod's running containers, main containers first, then sidecars in reverse
+    /// order, all within the grace period counted from the first call that found one running.
+    /// True when none is left running; otherwise call again later.
+    async fn stop_running(&mut self) -> bool {
+        let stages = self.termination_stages();
+        if stages.iter().all(|stage| stage.is_empty()) {
+            return true;
+        }
+        let now = Instant::now();
+        let grace = Duration::from_secs(u64::try_from(self.grace_period()).unwrap_or(0));
+        // A shorter grace period given later (a second delete) brings the deadline forward.
+        let deadline = self
+            .kill_deadline
+            .map_or(now + grace, |at| at.min(now + grace));
+        if self.kill_deadline.is_none() {
+            info!(?grace, "stopping the pod's containers");
+        }
+        self.kill_deadline = Some(deadline);
+        for slot in self.slots.values_mut() {
+            if let Some(token) = slot.probes.take() {
+                token.cancel();
+            }
+            slot.probed_id = None;
+        }
+        for stage in stages {
+            let stops = stage
+                .iter()
+                .map(|(id, container)| self.stop_container(id, container.as_ref(), deadline));
+            let results = futures::future::join_all(stops).await;
+            let mut all_stopped = true;
+            for ((id, _), (signalled, stopped)) in stage.iter().zip(results) {
+                if signalled {
+                    self.signalled.insert(id.clone());
+                }
+                all_stopped &= stopped;
+            }
+            if !all_stopped {
+                // Later stages (sidecars) wait for this one.
+                return false;
+            }
+        }
+        // What the runtime says now (exit codes, finish times) for the status.
+        self.refresh().await;
+        true
+    }
+
+    /// The pod's unfinished containers in the order they are stopped: the containers (and a
+    /// running ordinary init container) together first, then the sidecars (restartable init
+    /// containers), last started first stopped, one at a time.
+    fn termination_stages(&self) -> Vec<Vec<(String, Option<Container>)>> {
+        let spec = self.pod.spec.as_ref();
+        let sidecars: Vec<&Container> = spec
+            .and_then(|s| s.init_containers.as_ref())
+            .map(|list| list.iter().filter(|c| is_sidecar(c)).collect())
+            .unwrap_or_default();
+        let find = |name: &str| {
+            spec.and_then(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .chain(s.containers.iter())
+                    .find(|c| c.name == name)
+                    .cloned()
+            })
+        };
+        let mut first = Vec::new();
+        let mut by_sidecar: HashMap<String, Vec<(String, Option<Container>)>> = HashMap::new();
+        for (name, slot) in &self.slots {
+            // Unknown may only mean the shim did not answer in time: asked again when stopping.
+            let running = slot.current.iter().chain(slot.previous.iter());
+            for container in running.filter(|c| !is_finished(c) || c.state == State::Unknown) {
+                let entry = (container.id.clone(), find(name));
+                if sidecars.iter().any(|s| &s.name == name) {
+                    by_sidecar.entry(name.clone()).or_default().push(entry);
+                } else {
+                    first.push(entry);
+                }
+            }
+        }
+        let mut stages = vec![first];
+        for sidecar in sidecars.iter().rev() {
+            if let Some(stage) = by_sidecar.remove(&sidecar.name) {
+                stages.push(stage);
+            }
+        }
+        stages
+    }
+
+    /// Stops one container of a pod being deleted: `Killing` event, preStop hook and SIGTERM
+    /// (once delivered, not again), waiting until `deadline`, then SIGKILL to all its
+    /// processes, re-sent until it is dead or [`KILL_WAIT`] passed. A container that is gone
+    /// from the runtime, or whose shim is gone, counts as stopped: what it may have left
+    /// running dies with the pod cgroup.
+    async fn stop_container(
+        &self,
+        id: &str,
+        container: Option<&Container>,
+        deadline: Instant,
+    ) -> StopOutcome {
+        let runtime = &self.kubelet.runtime;
+        let mut signalled = self.signalled.contains(id);
+        loop {
+            let status = match runtime.status(id).await {
+                Ok(status) => status,
+                Err(RuntimeError::NotFound(_)) => return (signalled, true),
+                Err(err) => {
+                    warn!(container = %id, error = %err, "container status while stopping");
+                    if Instant::now() >= deadline + KILL_WAIT {
+                        return (signalled, false);
+                    }
+                    tokio::time::sleep(SIGNAL_RETRY).await;
+                    continue;
+                }
+            };
+            if is_finished(&status) {
+                return (signalled, true);
+            }
+            let now = Instant::now();
+            if now < deadline && status.state == State::Running {
+                if !signalled {
+                    if let Some(container) = container {
+                        self.event(
+                            &container.name,
+                            EventType::Normal,
+                            "Killing",
+                            format!("Stopping container {}", container.name),
+                        );
+                        self.pre_stop(container, id, deadline - now).await;
+                    }
+                    match runtime.kill(id, SIGTERM, false).await {
+                        Ok(()) => signalled = true,
+                        Err(err) => warn!(container = %id, error = %err, "sending SIGTERM"),
+                    }
+                }
+                let now = Instant::now();
+                let step = if signalled {
+                    deadline.saturating_duration_since(now)
+                } else {
+                    SIGNAL_RETRY.min(deadline.saturating_duration_since(now))
+                };
+                wait_exit(runtime, id, step).await;
+                continue;
+            }
+            if now >= deadline + KILL_WAIT {
+                warn!(container = %id, "still running after SIGKILL");
+                return (signalled, false);
+            }
+            if let Err(err) = runtime.kill(id, SIGKILL, true).await {
+                warn!(container = %id, error = %err, "sending SIGKILL");
+            }
+            wait_exit(runtime, id, SIGNAL_RETRY).await;
+        }
+    }
+
     fn view(&self) -> PodView<'_> {
         let spec = self.pod.spec.as_ref();
         let to_view = |c: &Container| {
@@ -905,6 +1286,7 @@ impl Worker {
                 waiting: slot.waiting,
                 ready: c.readiness_probe.is_none() || slot.ready,
                 started: c.startup_probe.is_none() || slot.started,
+                sidecar: is_sidecar(c),
             }
         };
         PodView {
@@ -978,63 +1360,34 @@ impl Worker {
         self.network_released = true;
     }
 
-    /// Stops and removes everything of the pod, then deletes it from the API.
+    /// Stops and removes everything of the pod, then deletes it from the API. Called again
+    /// (every [`RETRY`]) until it is all done: each call re-sends SIGTERM to containers that
+    /// did not get it and SIGKILL to those still running once the grace period is over, so
+    /// that a signal lost on the way (a shim that did not answer) only delays the end.
     async fn terminate(&mut self) -> Next {
-        let grace = Duration::from_secs(u64::try_from(self.grace_period()).unwrap_or(0));
-        info!(?grace, "stopping pod");
+        if !self.stop_running().await {
+            warn!("containers still running; retrying");
+            return Next::At(Instant::now() + RETRY);
+        }
         let runtime = self.kubelet.runtime.clone();
+        let mut removal_failed = false;
         for slot in self.slots.values_mut() {
-            if let Some(token) = slot.probes.take() {
-                token.cancel();
+            for held in [&mut slot.current, &mut slot.previous] {
+                let Some(container) = held.as_ref() else {
+                    continue;
+                };
+                match runtime.remove(&container.id).await {
+                    Ok(()) | Err(RuntimeError::NotFound(_)) => *held = None,
+                    Err(err) => {
+                        warn!(container = %container.id, error = %err, "removing container");
+                        removal_failed = true;
+                    }
+                }
             }
         }
-        let ids: Vec<String> = self
-            .slots
-            .values()
-            .flat_map(|s| s.current.iter().chain(s.previous.iter()))
-            .map(|c| c.id.clone())
-            .collect();
-        let containers: Vec<Container> = self
-            .pod
-            .spec
-            .iter()
-            .flat_map(|s| {
-                s.init_containers
-                    .iter()
-                    .flatten()
-                    .chain(s.containers.iter())
-            })
-            .cloned()
-            .collect();
-        let this = &*self;
-        let stops = ids.iter().map(|id| {
-            let runtime = runtime.clone();
-            let spec = this
-                .slots
-                .values()
-                .filter_map(|s| s.current.as_ref())
-                .find(|c| &c.id == id && c.state == State::Running)
-                .and_then(|c| containers.iter().find(|spec| spec.name == c.name));
-            async move {
-                let mut grace = grace;
-                if let Some(container) = spec {
-                    this.event(
-                        &container.name,
-                        EventType::Normal,
-                        "Killing",
-                        format!("Stopping container {}", container.name),
-                    );
-                    grace = this.pre_stop(container, id, grace).await;
-                }
-                if let Err(err) = runtime.stop(id, grace).await {
-                    warn!(container = %id, error = %err, "stopping container");
-                }
-                if let Err(err) = runtime.remove(id).await {
-                    warn!(container = %id, error = %err, "removing container");
-                }
-            }
-        });
-        futures::future::join_all(stops).await;
+        if removal_failed {
+            return Next::At(Instant::now() + RETRY);
+        }
         self.slots.clear();
         if let Err(err) = self.kubelet.volumes.teardown(&self.uid).await {
             warn!(error = %err, "removing the pod's volumes; retrying");
@@ -1081,6 +1434,69 @@ impl Worker {
             }
         }
     }
+}
+
+/// What [`Worker::stop_container`] achieved: (SIGTERM delivered, container gone or exited).
+type StopOutcome = (bool, bool);
+
+/// Waits up to `limit` for container `id` to exit; never returns at once while it runs (a
+/// shim that does not answer makes `wait` return early).
+async fn wait_exit(runtime: &Runtime, id: &str, limit: Duration) {
+    let started = Instant::now();
+    let exited = matches!(
+        tokio::time::timeout(limit, runtime.wait(id)).await,
+        Ok(Ok(status)) if is_finished(&status)
+    );
+    if !exited {
+        let spent = started.elapsed();
+        if spent < SIGNAL_RETRY.min(limit) {
+            tokio::time::sleep(SIGNAL_RETRY.min(limit) - spent).await;
+        }
+    }
+}
+
+/// The last `limit` bytes of a file as text (empty when it is missing or unreadable).
+fn read_tail(path: &std::path::Path, limit: u64) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if size > limit && file.seek(SeekFrom::Start(size - limit)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = file.take(limit).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The last lines of a container's log (CRI format) as its output, for FallbackToLogsOnError.
+fn last_log_lines(log: &std::path::Path) -> String {
+    let Ok(content) = std::fs::read(log) else {
+        return String::new();
+    };
+    let lines: Vec<Vec<u8>> = content
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    let options = super::server::logs::LogOptions {
+        tail_lines: Some(FALLBACK_LOG_LINES),
+        ..Default::default()
+    };
+    let text = super::server::logs::render(&lines, &options);
+    let start = text.len().saturating_sub(FALLBACK_LOG_BYTES);
+    String::from_utf8_lossy(&text[start..]).into_owned()
+}
+
+/// Succeeded or Failed.
+fn is_terminal(phase: Option<&str>) -> bool {
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// An init container with `restartPolicy: Always`: a sidecar that runs beside the containers.
+fn is_sidecar(container: &Container) -> bool {
+    container.restart_policy.as_deref() == Some("Always")
 }
 
 /// What of a status must match the API's copy: phase, IP, condition states and container

@@ -3,7 +3,8 @@
 //! generates for every container: `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, kept in
 //! `<pods-root>/<uid>/etc/`.
 //!
-//! This module owns the pod directory and the pod cgroup. It must not touch containers (that is
+//! This module owns the pod directory and the pod cgroup (removing it kills what a dead
+//! container left running in it). It must not touch containers (that is
 //! [`super::pod_worker`]'s job through the runtime) nor the network's internals: it asks
 //! [`PodNetworking`] for a namespace and tears it down the same way.
 
@@ -12,6 +13,7 @@ use std::fs;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -418,6 +420,7 @@ pub async fn remove(
             QosClass::Burstable,
             QosClass::BestEffort,
         ] {
+            kill_leftover_processes(qos, &owned);
             cgroups::remove_pod(qos, &owned)?;
         }
         Ok::<_, cgroups::CgroupError>(())
@@ -435,6 +438,33 @@ pub async fn remove(
             what: format!("removing {}", dir.display()),
             source,
         }),
+    }
+}
+
+/// How long processes killed in a pod cgroup get to leave it.
+const LEFTOVER_EXIT: Duration = Duration::from_secs(5);
+
+/// SIGKILLs whatever still runs in the pod's cgroup (a container whose shim died leaves its
+/// processes behind), and waits a little for them to go, as the kubelet's pod container manager
+/// does before it destroys a pod cgroup.
+fn kill_leftover_processes(qos: QosClass, uid: &str) {
+    let deadline = Instant::now() + LEFTOVER_EXIT;
+    loop {
+        let pids = cgroups::pod_processes(qos, uid).unwrap_or_default();
+        if pids.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        tracing::info!(
+            pod_uid = uid,
+            ?pids,
+            "killing processes left in the pod cgroup"
+        );
+        for pid in pids {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

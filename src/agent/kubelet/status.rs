@@ -1,4 +1,5 @@
-//! A pod's status as the kubelet reports it, computed from what its worker knows: phase,
+//! A pod's status as the kubelet reports it, computed from what its worker knows: phase
+//! (sidecars, init containers with restartPolicy Always, count for readiness, not for it),
 //! conditions (PodScheduled, PodReadyToStartContainers, Initialized, ContainersReady, Ready),
 //! IPs, start time, QoS class and one status per container (state, last state, restart count,
 //! image, image ID, container ID, ready, started).
@@ -38,6 +39,9 @@ pub struct ContainerView {
     pub ready: bool,
     /// The startup probe passed when running (no startup probe: true).
     pub started: bool,
+    /// An init container with `restartPolicy: Always` (a sidecar): it is done initialising
+    /// once started, and runs beside the containers.
+    pub sidecar: bool,
 }
 
 /// Everything [`build`] needs.
@@ -157,18 +161,36 @@ fn container_status(view: &ContainerView, default_waiting: &str) -> ContainerSta
     status
 }
 
-/// The pod's phase, as the kubelet's getPhase computes it.
+/// An init container is done: completed successfully, or, for a sidecar, started.
+fn init_done(view: &ContainerView) -> bool {
+    match &view.current {
+        Some(s) if view.sidecar => s.state == State::Running && view.started,
+        Some(s) => is_finished(s) && s.exit_code == Some(0),
+        None => false,
+    }
+}
+
+/// The init containers that keep the pod from being initialised; none once a container was
+/// created (a sidecar restarting later does not make the pod uninitialised again).
+fn incomplete_init<'v>(view: &'v PodView<'_>) -> Vec<&'v str> {
+    if view.containers.iter().any(|c| c.current.is_some()) {
+        return Vec::new();
+    }
+    view.init_containers
+        .iter()
+        .filter(|c| !init_done(c))
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+/// The pod's phase, as the kubelet's getPhase computes it. Sidecars do not count: a pod whose
+/// containers completed is Succeeded while its sidecars are being stopped.
 pub fn phase(view: &PodView<'_>) -> &'static str {
     if view.failed.is_some() {
         return "Failed";
     }
     let policy = restart_policy(view.pod);
-    let init_pending = view.init_containers.iter().any(|c| {
-        !c.current
-            .as_ref()
-            .is_some_and(|s| is_finished(s) && s.exit_code == Some(0))
-    });
-    if init_pending {
+    if !incomplete_init(view).is_empty() {
         return "Pending";
     }
     let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
@@ -243,11 +265,8 @@ fn condition(
 /// PodScheduled condition the scheduler set.
 pub fn build(view: &PodView<'_>, previous: Option<&PodStatus>) -> PodStatus {
     let phase = phase(view);
-    let init_pending = view.init_containers.iter().any(|c| {
-        !c.current
-            .as_ref()
-            .is_some_and(|s| is_finished(s) && s.exit_code == Some(0))
-    });
+    let incomplete = incomplete_init(view);
+    let init_pending = !incomplete.is_empty();
     let init_statuses: Vec<ContainerStatus> = view
         .init_containers
         .iter()
@@ -278,16 +297,6 @@ pub fn build(view: &PodView<'_>, previous: Option<&PodStatus>) -> PodStatus {
         None,
         None,
     ));
-    let incomplete: Vec<&str> = view
-        .init_containers
-        .iter()
-        .filter(|c| {
-            !c.current
-                .as_ref()
-                .is_some_and(|s| is_finished(s) && s.exit_code == Some(0))
-        })
-        .map(|c| c.name.as_str())
-        .collect();
     conditions.push(condition(
         previous,
         "Initialized",
@@ -298,8 +307,15 @@ pub fn build(view: &PodView<'_>, previous: Option<&PodStatus>) -> PodStatus {
             incomplete.join(" ")
         )),
     ));
-    let unready: Vec<&str> = statuses
+    // Sidecars count for readiness as the containers do.
+    let sidecars = view
+        .init_containers
         .iter()
+        .zip(&init_statuses)
+        .filter(|(view, _)| view.sidecar)
+        .map(|(_, status)| status);
+    let unready: Vec<&str> = sidecars
+        .chain(statuses.iter())
         .filter(|s| !s.ready)
         .map(|s| s.name.as_str())
         .collect();
@@ -572,5 +588,99 @@ mod tests {
                 running_phase
             )
         );
+    }
+
+    fn condition_of(status: &PodStatus, type_: &str) -> (String, Option<String>) {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status.clone(), c.message.clone()))
+            .unwrap_or_default()
+    }
+
+    fn running(name: &str) -> runtime::ContainerStatus {
+        runtime::ContainerStatus {
+            name: name.into(),
+            id: format!("{name}-id"),
+            state: State::Running,
+            finished_at: None,
+            exit_code: None,
+            reason: None,
+            ..exited(0, 0)
+        }
+    }
+
+    #[test]
+    fn a_sidecar_initialises_once_started_and_counts_for_readiness_not_for_the_phase() {
+        let p = pod("Never");
+        let sidecar =
+            |current: Option<runtime::ContainerStatus>, started: bool, ready: bool| ContainerView {
+                name: "side".into(),
+                current,
+                started,
+                ready,
+                sidecar: true,
+                ..ContainerView::default()
+            };
+        // Running but its startup probe has not passed: the pod is not initialised yet.
+        let mut v = view(
+            &p,
+            ContainerView {
+                name: "c".into(),
+                ..ContainerView::default()
+            },
+        );
+        v.init_containers = vec![sidecar(Some(running("side")), false, false)];
+        let status = build(&v, None);
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+        assert_eq!(
+            condition_of(&status, "Initialized"),
+            (
+                "False".into(),
+                Some("containers with incomplete status: [side]".into())
+            )
+        );
+        let c = &status.container_statuses.clone().expect("statuses")[0];
+        let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+        assert_eq!(
+            waiting.and_then(|w| w.reason.as_deref()),
+            Some("PodInitializing")
+        );
+
+        // Started and the container running: initialised, Running; the unready sidecar keeps the
+        // pod from being Ready.
+        v.containers[0].current = Some(running("c"));
+        v.containers[0].started = true;
+        v.containers[0].ready = true;
+        v.init_containers = vec![sidecar(Some(running("side")), true, false)];
+        let status = build(&v, None);
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(condition_of(&status, "Initialized").0, "True");
+        assert_eq!(
+            condition_of(&status, "Ready"),
+            (
+                "False".into(),
+                Some("containers with unready status: [side]".into())
+            )
+        );
+        let side = &status.init_container_statuses.clone().expect("init")[0];
+        assert_eq!((side.started, side.ready), (Some(true), false));
+
+        v.init_containers = vec![sidecar(Some(running("side")), true, true)];
+        let status = build(&v, None);
+        assert_eq!(condition_of(&status, "Ready").0, "True");
+
+        // The container completed (restartPolicy Never): Succeeded whatever the sidecar does,
+        // and a sidecar that exited since does not make the pod uninitialised.
+        v.containers[0].current = Some(exited(0, 0));
+        assert_eq!(phase(&v), "Succeeded");
+        let mut stopped = exited(137, 0);
+        stopped.name = "side".into();
+        v.init_containers = vec![sidecar(Some(stopped), false, false)];
+        let status = build(&v, None);
+        assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+        assert_eq!(condition_of(&status, "Initialized").0, "True");
     }
 }

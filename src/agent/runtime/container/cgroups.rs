@@ -220,32 +220,82 @@ pub fn apply(version: Version, path: &str, resources: &Resources) -> Result<(), 
     Ok(())
 }
 
-/// Removes a pod's cgroup (its containers' cgroups must be gone). Missing is fine.
-pub fn remove_pod(qos: QosClass, pod_uid: &str) -> Result<(), CgroupError> {
-    let version = detect()?;
-    let path = pod_path(qos, pod_uid);
-    let controllers: Vec<String> = match version {
+/// The hierarchies a path exists in: the unified one on v2, every mounted controller on v1.
+fn controllers(version: Version) -> Result<Vec<String>, CgroupError> {
+    Ok(match version {
         Version::V2 => vec![String::new()],
         Version::V1 => fs::read_dir(CGROUP_MOUNT)
             .map_err(io_err(Path::new(CGROUP_MOUNT)))?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect(),
-    };
-    for controller in controllers {
-        let target = dir(version, &controller, &path);
-        match fs::remove_dir(&target) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(CgroupError::Io {
-                    path: target,
-                    source,
-                })
-            }
-        }
+    })
+}
+
+/// Removes a pod's cgroup, and the empty container cgroups left inside it (a container whose
+/// shim died before libcontainer removed its cgroup). Missing is fine; a cgroup that still
+/// holds processes is an error.
+pub fn remove_pod(qos: QosClass, pod_uid: &str) -> Result<(), CgroupError> {
+    let version = detect()?;
+    let path = pod_path(qos, pod_uid);
+    for controller in controllers(version)? {
+        remove_tree(&dir(version, &controller, &path))?;
     }
     Ok(())
+}
+
+/// Removes the cgroup directory `target` after its child cgroups, deepest first.
+fn remove_tree(target: &Path) -> Result<(), CgroupError> {
+    let entries = match fs::read_dir(target) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(CgroupError::Io {
+                path: target.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&entry.path())?;
+        }
+    }
+    match fs::remove_dir(target) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CgroupError::Io {
+            path: target.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Every process in a pod's cgroup or in a cgroup below it, in any hierarchy.
+pub fn pod_processes(qos: QosClass, pod_uid: &str) -> Result<Vec<i32>, CgroupError> {
+    let version = detect()?;
+    let path = pod_path(qos, pod_uid);
+    let mut pids = Vec::new();
+    for controller in controllers(version)? {
+        collect_processes(&dir(version, &controller, &path), &mut pids);
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    Ok(pids)
+}
+
+fn collect_processes(target: &Path, pids: &mut Vec<i32>) {
+    let Ok(entries) = fs::read_dir(target) else {
+        return;
+    };
+    if let Ok(text) = fs::read_to_string(target.join("cgroup.procs")) {
+        pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_processes(&entry.path(), pids);
+        }
+    }
 }
 
 /// Resource use of a cgroup.

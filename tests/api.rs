@@ -555,6 +555,19 @@ async fn pods_are_deleted_gracefully_once_scheduled() {
         .expect("delete");
     let terminating = pods.get("p").await.expect("still there");
     assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+    // The kubelet keeps reporting status while it stops the pod: that does not delete it.
+    let status = json!({"status": {"phase": "Running", "message": "stopping"}});
+    pods.patch_status("p", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("status of a terminating pod");
+    let still = pods
+        .get("p")
+        .await
+        .expect("still there after a status update");
+    assert_eq!(
+        still.status.and_then(|s| s.message).as_deref(),
+        Some("stopping")
+    );
     // A force delete removes it.
     pods.delete("p", &DeleteParams::default().grace_period(0))
         .await

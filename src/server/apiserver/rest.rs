@@ -845,7 +845,14 @@ where
                 warnings,
             });
         }
-        let finalized = admitted["metadata"].get("deletionTimestamp").is_some()
+        // As upstream's shouldDeleteDuringUpdate: an update deletes an object only when a
+        // delete was requested, no finalizer is left and the deletion is not graceful (a pod
+        // the kubelet is still stopping keeps taking status updates until its final delete).
+        let finalized = current["metadata"].get("deletionTimestamp").is_some()
+            && current["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .unwrap_or(0)
+                == 0
             && objects::finalizers_of(&admitted).is_empty()
             && !namespace_held(info, &admitted);
         if dry_run {

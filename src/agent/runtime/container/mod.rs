@@ -394,7 +394,11 @@ impl Runtime {
             }
             State::Running => {
                 if !grace.is_zero() {
-                    self.kill(id, SIGTERM, false).await?;
+                    // A SIGTERM that does not get through must not spare the container its
+                    // SIGKILL: wait out the grace period anyway, then kill.
+                    if let Err(err) = self.kill(id, SIGTERM, false).await {
+                        tracing::warn!(id, error = %err, "SIGTERM failed; SIGKILL follows after the grace period");
+                    }
                     if let Ok(status) = tokio::time::timeout(grace, self.wait(id)).await {
                         return status;
                     }

@@ -1,19 +1,28 @@
-//! `/portForward/{namespace}/{pod}?port=P[&port=Q…]` (or `ports=`) over WebSocket, as the kubelet's
-//! WebSocket port forwarding (subprotocol `v4.channel.k8s.io`).
+//! `/portForward/{namespace}/{pod}`: the kubelet's port forwarding, in the two protocols that
+//! reach it through the API server's `pods/portforward`, both over WebSocket:
+//! - `SPDY/3.1+portforward.k8s.io`, SPDY tunnelled in the WebSocket, as `kubectl port-forward`
+//!   1.31 and newer speaks it ([`tunnel`], framing in [`spdy`]): the client opens streams per
+//!   connection and names the port in their headers.
+//! - `v4.channel.k8s.io`, the kubelet's WebSocket port forwarding, with `?port=P[&port=Q…]`
+//!   (or `ports=`): for the i-th requested port, channel `2i` carries data and `2i+1` errors;
+//!   the kubelet first sends the port (2 bytes, little endian) on both channels. Each port gets
+//!   one TCP connection; the session ends when the client closes, or once every connection to
+//!   the pod has ended.
 //!
-//! For the i-th requested port, channel `2i` carries data and `2i+1` errors; the kubelet first
-//! sends the port (2 bytes, little endian) on both channels. Each port gets one TCP connection
-//! to `127.0.0.1:<port>` inside the pod's network namespace
+//! Connections go to `127.0.0.1:<port>` inside the pod's network namespace
 //! ([`crate::agent::network::netns_path`]): the socket is created by a short-lived std thread
-//! that has joined that namespace, then handed to tokio. The session ends when the client
-//! closes, or once every connection to the pod has ended.
+//! that has joined that namespace, then handed to tokio.
 //!
-//! Owns only the WebSocket session and its TCP connections; must not change the namespace.
+//! Owns only the sessions and their TCP connections; must not change the namespace.
 //!
 //! # Caveats
-//! kubectl 1.31+ does not speak this protocol to the API server: it tunnels SPDY inside a
-//! WebSocket (`SPDY/3.1+portforward.k8s.io`), which is not implemented; such clients and
-//! SPDY-only clients get a 400 `Status` saying so.
+//! Plain SPDY (an HTTP `Upgrade: SPDY/3.1`, what kubectl 1.30 and older speak) is not served:
+//! such clients get a 400 `Status` naming the kubectl versions that work. SPDY flow control is
+//! not enforced (the Go clients neither send nor honour WINDOW_UPDATE). UDP is not forwarded,
+//! as in Kubernetes.
+
+pub mod spdy;
+mod tunnel;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
 use std::os::fd::AsFd as _;
@@ -39,7 +48,9 @@ use crate::agent::network::netns_path;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The message for clients that do not speak the WebSocket port-forward protocol.
-pub const PORT_FORWARD_UNSUPPORTED: &str = "port-forward is served only over WebSockets with subprotocol v4.channel.k8s.io (the kubelet's WebSocket port forwarding); SPDY and SPDY tunnelled over WebSocket (SPDY/3.1+portforward.k8s.io, kubectl 1.31 and newer) are not supported by this node yet";
+pub const PORT_FORWARD_UNSUPPORTED: &str = "port-forward is served only over WebSockets (subprotocols SPDY/3.1+portforward.k8s.io and v4.channel.k8s.io): use kubectl 1.31 or newer; plain SPDY upgrades (kubectl 1.30 and older) are not supported";
+
+pub use tunnel::PROTOCOL_SPDY_TUNNEL;
 
 /// Why a connection into the pod failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,10 +137,27 @@ pub(crate) async fn port_forward(
     Query(query): Query<Vec<(String, String)>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let (ws, _protocol) = match negotiate(ws, &[PROTOCOL_V4], PORT_FORWARD_UNSUPPORTED) {
+    let (ws, protocol) = match negotiate(
+        ws,
+        &[PROTOCOL_SPDY_TUNNEL, PROTOCOL_V4],
+        PORT_FORWARD_UNSUPPORTED,
+    ) {
         Ok(ok) => ok,
         Err(response) => return *response,
     };
+    if protocol == PROTOCOL_SPDY_TUNNEL {
+        // The ports are named per stream; a `ports` query is only informative.
+        let uid = match pod_uid(&state, &namespace, &pod).await {
+            Ok(uid) => uid,
+            Err(err) => return err.into_response(),
+        };
+        let span = info_span!("port_forward", %namespace, %pod, protocol = PROTOCOL_SPDY_TUNNEL);
+        let target = format!("pod {namespace}/{pod}, uid {uid}");
+        let shutdown = state.shutdown.clone();
+        return ws.on_upgrade(move |socket| {
+            tunnel::run(shutdown, netns_path(&uid), target, socket).instrument(span)
+        });
+    }
     let mut ports = Vec::new();
     // The kubelet reads `port`; the API server's pods/portforward takes `ports` (a list, as
     // kubectl sends it): both are accepted, comma-separated values too.

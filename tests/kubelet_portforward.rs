@@ -1,0 +1,336 @@
+//! `kubectl port-forward` against a real node: a `cluster server` with its embedded agent in a
+//! network namespace the test makes, busybox `httpd` and an `nc` echo server in a pod.
+//! kubectl 1.31 and newer tunnel SPDY in a WebSocket (`SPDY/3.1+portforward.k8s.io`) through
+//! the API server to the kubelet; kubectl 1.30 only speaks plain SPDY and gets a clear error.
+//!
+//! Needs root, iproute2, nftables, nsenter, kubectl (1.30, 1.31 and 1.33 from the Cloud SDK)
+//! and busybox-static: CI (`CI=true`) runs them; elsewhere they skip and say why.
+
+mod support;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::node::{require, Node, IMAGE, LONG};
+use support::registry;
+
+const SDK: &str = "/usr/lib/google-cloud-sdk/bin";
+
+/// The versioned kubectl, or `None` (with the reason printed) when it is missing outside CI.
+fn versioned_kubectl(test: &str, version: &str) -> Option<PathBuf> {
+    let path = Path::new(SDK).join(format!("kubectl.{version}"));
+    if path.exists() {
+        return Some(path);
+    }
+    if registry::in_ci() {
+        panic!("{test}: needs {}, and CI=true must run it", path.display());
+    }
+    eprintln!("skipping {test}: needs {}", path.display());
+    None
+}
+
+/// The web pod: busybox httpd on 8080 serving a small page and a ~2.6 MB file, and an echo
+/// server (nc running cat per connection) on 9000.
+fn web_pod() -> String {
+    let script = "busybox mkdir -p /www && echo hello-from-web > /www/index.html && \
+                  busybox seq 1 400000 > /www/big && busybox httpd -p 8080 -h /www && \
+                  exec busybox nc -ll -p 9000 -e busybox cat";
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {IMAGE}\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n"
+    )
+}
+
+fn big_body() -> String {
+    (1..=400000).map(|i| format!("{i}\n")).collect()
+}
+
+/// A running `kubectl port-forward`, killed (by PID) when dropped.
+struct PortForward {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl PortForward {
+    fn start(node: &Node, kubectl: &Path, args: &[&str]) -> PortForward {
+        let mut child = Command::new(kubectl)
+            .arg("port-forward")
+            .args(args)
+            .env("KUBECONFIG", &node.server().kubeconfig)
+            .env("HOME", node.server().dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl port-forward");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let collected = Arc::new(Mutex::new(String::new()));
+        let sink = collected.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut all) = sink.lock() {
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            }
+        });
+        PortForward {
+            child,
+            lines,
+            stderr: collected,
+        }
+    }
+
+    /// The local port kubectl prints for remote `remote` ("Forwarding from 127.0.0.1:P -> R").
+    fn local_port(&mut self, node: &Node, remote: u16) -> u16 {
+        let deadline = Instant::now() + LONG;
+        let suffix = format!(" -> {remote}");
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(500)) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                        if let Some(port) = rest.strip_suffix(&suffix) {
+                            return port.parse().expect("local port");
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        node.fail(&format!(
+            "kubectl port-forward printed no local port for {remote}; stderr: {}",
+            self.stderr()
+        ));
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits (generously) for kubectl to exit by itself.
+    fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + LONG;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to kubectl");
+    stream.set_read_timeout(Some(LONG)).expect("timeout");
+    stream
+}
+
+/// One HTTP/1.0 GET through the forward; the body.
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = connect(port);
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("send");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read reply");
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP reply: {reply:?}"));
+    assert!(head.contains(" 200 "), "GET {path}: {head}");
+    body.to_string()
+}
+
+/// Sends `payload`, finishes writing, reads everything the echo server returns.
+fn echo(port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut stream = connect(port);
+    let writer = stream.try_clone().expect("clone");
+    let payload = payload.to_vec();
+    let sender = std::thread::spawn(move || {
+        let mut writer = writer;
+        writer.write_all(&payload).expect("send");
+        writer.shutdown(Shutdown::Write).expect("half close");
+    });
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).expect("read echo");
+    sender.join().expect("sender");
+    back
+}
+
+/// kubectl 1.31 and 1.33 forward to a pod through the API server: sequential and concurrent
+/// HTTP requests, a large body, and an echo that needs both directions and half-close.
+#[test]
+fn kubectl_port_forward_over_spdy_in_websocket() {
+    let test = "kubectl_port_forward_over_spdy_in_websocket";
+    if !require(test) {
+        return;
+    }
+    let kubectls: Vec<(&str, PathBuf)> = match ["1.31", "1.33"]
+        .iter()
+        .map(|v| versioned_kubectl(test, v).map(|k| (*v, k)))
+        .collect::<Option<Vec<_>>>()
+    {
+        Some(k) => k,
+        None => return,
+    };
+    let node = Node::start("pf");
+    node.apply(&web_pod());
+    node.wait_for(
+        "web Running",
+        &["get", "pod", "web", "-o", "jsonpath={.status.phase}"],
+        |s| s == "Running",
+    );
+    let big = big_body();
+    for (version, kubectl) in &kubectls {
+        let mut forward = PortForward::start(&node, kubectl, &["pod/web", ":8080", ":9000"]);
+        let web = forward.local_port(&node, 8080);
+        let echo_port = forward.local_port(&node, 9000);
+
+        // Sequential requests, each its own connection (and pair of streams).
+        for _ in 0..3 {
+            assert_eq!(
+                http_get(web, "/index.html"),
+                "hello-from-web\n",
+                "kubectl {version}"
+            );
+        }
+        assert!(
+            http_get(web, "/big") == big,
+            "kubectl {version}: /big differs"
+        );
+
+        // Concurrent connections on the one session.
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let expect = if i % 2 == 0 {
+                    big.clone()
+                } else {
+                    "hello-from-web\n".into()
+                };
+                std::thread::spawn(move || {
+                    let path = if i % 2 == 0 { "/big" } else { "/index.html" };
+                    (http_get(web, path) == expect, path)
+                })
+            })
+            .collect();
+        for thread in threads {
+            let (same, path) = thread.join().expect("request thread");
+            assert!(same, "kubectl {version}: concurrent GET {path} differs");
+        }
+
+        // Both directions: 1 MiB up, the same back once the client half-closes.
+        let payload: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+        let back = echo(echo_port, &payload);
+        assert!(
+            back == payload,
+            "kubectl {version}: echo returned {} bytes of {}",
+            back.len(),
+            payload.len()
+        );
+        assert!(
+            forward.child.try_wait().expect("try_wait").is_none(),
+            "kubectl {version} exited: {}",
+            forward.stderr()
+        );
+    }
+}
+
+/// A forward to a port nobody listens on: kubectl reports the kubelet's error text (and, as
+/// kubectl does since it closes the session on a forwarding error, stops); the node keeps
+/// serving: a new forward works.
+#[test]
+fn kubectl_port_forward_to_a_closed_port_reports_the_error() {
+    let test = "kubectl_port_forward_to_a_closed_port_reports_the_error";
+    if !require(test) {
+        return;
+    }
+    let Some(kubectl) = versioned_kubectl(test, "1.33") else {
+        return;
+    };
+    let node = Node::start("pfclosed");
+    node.apply(&web_pod());
+    node.wait_for(
+        "web Running",
+        &["get", "pod", "web", "-o", "jsonpath={.status.phase}"],
+        |s| s == "Running",
+    );
+    let mut forward = PortForward::start(&node, &kubectl, &["pod/web", ":8080", ":9999"]);
+    let web = forward.local_port(&node, 8080);
+    let closed = forward.local_port(&node, 9999);
+    assert_eq!(http_get(web, "/index.html"), "hello-from-web\n");
+    let mut stream = connect(closed);
+    let mut nothing = Vec::new();
+    // kubectl closes the local connection once the remote side is done.
+    let _ = stream.read_to_end(&mut nothing);
+    assert!(nothing.is_empty(), "a closed port sent {nothing:?}");
+    let deadline = Instant::now() + LONG;
+    while !forward.stderr().contains("error forwarding port 9999") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stderr = forward.stderr();
+    assert!(
+        stderr.contains("error forwarding port 9999 to pod default/web")
+            && stderr.contains("failed to connect to localhost:9999"),
+        "kubectl stderr: {stderr}"
+    );
+    assert!(
+        forward.wait_exit().is_some(),
+        "kubectl kept running: {stderr}"
+    );
+    drop(forward);
+
+    let mut again = PortForward::start(&node, &kubectl, &["pod/web", ":8080"]);
+    let web = again.local_port(&node, 8080);
+    assert_eq!(http_get(web, "/index.html"), "hello-from-web\n");
+}
+
+/// kubectl 1.30 speaks only plain SPDY to pods/portforward: it gets the error naming the
+/// kubectl versions that work.
+#[test]
+fn kubectl_1_30_port_forward_gets_a_clear_error() {
+    let test = "kubectl_1_30_port_forward_gets_a_clear_error";
+    if !require(test) {
+        return;
+    }
+    let Some(kubectl) = versioned_kubectl(test, "1.30") else {
+        return;
+    };
+    let node = Node::start("pfold");
+    node.apply(&web_pod());
+    node.wait_for(
+        "web Running",
+        &["get", "pod", "web", "-o", "jsonpath={.status.phase}"],
+        |s| s == "Running",
+    );
+    let mut forward = PortForward::start(&node, &kubectl, &["pod/web", ":8080"]);
+    let status = forward.wait_exit();
+    let stderr = forward.stderr();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "kubectl 1.30: {status:?}: {stderr}"
+    );
+    assert!(
+        stderr.contains("use kubectl 1.31 or newer"),
+        "kubectl 1.30 stderr: {stderr}"
+    );
+}

@@ -35,14 +35,32 @@ fn versioned_kubectl(test: &str, version: &str) -> Option<PathBuf> {
 }
 
 /// The web pod: busybox httpd on 8080 serving a small page and a ~2.6 MB file, and an echo
-/// server (nc running cat per connection) on 9000.
+/// server (nc running cat per connection) on 9000; Ready once both listen.
 fn web_pod() -> String {
     let script = "busybox mkdir -p /www && echo hello-from-web > /www/index.html && \
                   busybox seq 1 400000 > /www/big && busybox httpd -p 8080 -h /www && \
                   exec busybox nc -ll -p 9000 -e busybox cat";
+    let listening = "busybox netstat -ltn > /tmp/listen && busybox grep -q ':8080 ' /tmp/listen \
+                     && busybox grep -q ':9000 ' /tmp/listen";
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {IMAGE}\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {IMAGE}\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n    readinessProbe:\n      exec:\n        command: [\"/bin/sh\", \"-c\", {listening:?}]\n      periodSeconds: 1\n"
     )
+}
+
+/// Creates the web pod and waits until it is Ready (both servers listen).
+fn start_web(node: &Node) {
+    node.apply(&web_pod());
+    node.wait_for(
+        "web Ready",
+        &[
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        |s| s == "True",
+    );
 }
 
 fn big_body() -> String {
@@ -194,17 +212,13 @@ fn kubectl_port_forward_over_spdy_in_websocket() {
         None => return,
     };
     let node = Node::start("pf");
-    node.apply(&web_pod());
-    node.wait_for(
-        "web Running",
-        &["get", "pod", "web", "-o", "jsonpath={.status.phase}"],
-        |s| s == "Running",
-    );
+    start_web(&node);
     let big = big_body();
     for (version, kubectl) in &kubectls {
         let mut forward = PortForward::start(&node, kubectl, &["pod/web", ":8080", ":9000"]);
         let web = forward.local_port(&node, 8080);
         let echo_port = forward.local_port(&node, 9000);
+        eprintln!("kubectl {version}: 8080 on local port {web}, 9000 on {echo_port}");
 
         // Sequential requests, each its own connection (and pair of streams).
         for _ in 0..3 {
@@ -268,12 +282,7 @@ fn kubectl_port_forward_to_a_closed_port_reports_the_error() {
         return;
     };
     let node = Node::start("pfclosed");
-    node.apply(&web_pod());
-    node.wait_for(
-        "web Running",
-        &["get", "pod", "web", "-o", "jsonpath={.status.phase}"],
-        |s| s == "Running",
-    );
+    start_web(&node);
     let mut forward = PortForward::start(&node, &kubectl, &["pod/web", ":8080", ":9999"]);
     let web = forward.local_port(&node, 8080);
     let closed = forward.local_port(&node, 9999);
@@ -288,6 +297,7 @@ fn kubectl_port_forward_to_a_closed_port_reports_the_error() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let stderr = forward.stderr();
+    eprintln!("kubectl after the closed port:\n{stderr}");
     assert!(
         stderr.contains("error forwarding port 9999 to pod default/web")
             && stderr.contains("failed to connect to localhost:9999"),
@@ -316,15 +326,11 @@ fn kubectl_1_30_port_forward_gets_a_clear_error() {
         return;
     };
     let node = Node::start("pfold");
-    node.apply(&web_pod());
-    node.wait_for(
-        "web Running",
-        &["get", "pod", "web", "-o", "jsonpath={.status.phase}"],
-        |s| s == "Running",
-    );
+    start_web(&node);
     let mut forward = PortForward::start(&node, &kubectl, &["pod/web", ":8080"]);
     let status = forward.wait_exit();
     let stderr = forward.stderr();
+    eprintln!("kubectl 1.30: {status:?}: {stderr}");
     assert!(
         status.is_some_and(|s| !s.success()),
         "kubectl 1.30: {status:?}: {stderr}"

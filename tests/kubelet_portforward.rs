@@ -269,6 +269,58 @@ fn kubectl_port_forward_over_spdy_in_websocket() {
     }
 }
 
+/// How many connections the echo server (local address 127.0.0.1:9000) has established, from
+/// `netstat -tn` output.
+fn echo_connections(netstat: &str) -> usize {
+    netstat
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(3).is_some_and(|a| a.ends_with("127.0.0.1:9000"))
+                && fields.get(5) == Some(&"ESTABLISHED")
+        })
+        .count()
+}
+
+/// Killing kubectl mid-connection ends the session and every connection it had into the pod.
+#[test]
+fn connections_into_the_pod_end_with_the_session() {
+    let test = "connections_into_the_pod_end_with_the_session";
+    if !require(test) {
+        return;
+    }
+    let Some(kubectl) = versioned_kubectl(test, "1.33") else {
+        return;
+    };
+    let node = Node::start("pfend");
+    start_web(&node);
+    let mut forward = PortForward::start(&node, &kubectl, &["pod/web", ":9000"]);
+    let echo_port = forward.local_port(&node, 9000);
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let mut stream = connect(echo_port);
+        let line = format!("still-open-{i}\n");
+        stream.write_all(line.as_bytes()).expect("send");
+        let mut back = vec![0u8; line.len()];
+        stream.read_exact(&mut back).expect("echo");
+        assert_eq!(back, line.as_bytes());
+        open.push(stream);
+    }
+    let netstat = node.kubectl_ok(&["exec", "web", "--", "busybox", "netstat", "-tn"]);
+    assert_eq!(
+        echo_connections(&netstat),
+        3,
+        "echo connections in the pod:\n{netstat}"
+    );
+    drop(forward);
+    node.wait_for(
+        "echo connections closed",
+        &["exec", "web", "--", "busybox", "netstat", "-tn"],
+        |out| echo_connections(out) == 0,
+    );
+    drop(open);
+}
+
 /// A forward to a port nobody listens on: kubectl reports the kubelet's error text (and, as
 /// kubectl does since it closes the session on a forwarding error, stops); the node keeps
 /// serving: a new forward works.

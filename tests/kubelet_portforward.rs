@@ -366,11 +366,11 @@ fn kubectl_port_forward_to_a_closed_port_reports_the_error() {
     assert_eq!(http_get(web, "/index.html"), "hello-from-web\n");
 }
 
-/// kubectl 1.30 speaks only plain SPDY to pods/portforward: it gets the error naming the
-/// kubectl versions that work.
+/// kubectl 1.30 speaks only plain SPDY (an HTTP upgrade, then SPDY on the connection itself):
+/// it forwards too. A request that upgrades to neither gets the error naming what works.
 #[test]
-fn kubectl_1_30_port_forward_gets_a_clear_error() {
-    let test = "kubectl_1_30_port_forward_gets_a_clear_error";
+fn kubectl_1_30_port_forward_over_plain_spdy() {
+    let test = "kubectl_1_30_port_forward_over_plain_spdy";
     if !require(test) {
         return;
     }
@@ -379,16 +379,36 @@ fn kubectl_1_30_port_forward_gets_a_clear_error() {
     };
     let node = Node::start("pfold");
     start_web(&node);
-    let mut forward = PortForward::start(&node, &kubectl, &["pod/web", ":8080"]);
-    let status = forward.wait_exit();
-    let stderr = forward.stderr();
-    eprintln!("kubectl 1.30: {status:?}: {stderr}");
+    let mut forward = PortForward::start(&node, &kubectl, &["pod/web", ":8080", ":9000"]);
+    let web = forward.local_port(&node, 8080);
+    let echo_port = forward.local_port(&node, 9000);
+    assert_eq!(http_get(web, "/index.html"), "hello-from-web\n");
+    let big = big_body();
+    let threads: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || http_get(web, "/big")))
+        .collect();
+    for thread in threads {
+        assert!(
+            thread.join().expect("request thread") == big,
+            "/big differs"
+        );
+    }
+    let payload: Vec<u8> = (0..(256 * 1024)).map(|i| (i % 253) as u8).collect();
+    assert!(echo(echo_port, &payload) == payload, "echo differs");
     assert!(
-        status.is_some_and(|s| !s.success()),
-        "kubectl 1.30: {status:?}: {stderr}"
+        forward.child.try_wait().expect("try_wait").is_none(),
+        "kubectl 1.30 exited: {}",
+        forward.stderr()
     );
+    drop(forward);
+
+    let (ok, _, stderr) = node.kubectl(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/pods/web/portforward?ports=8080",
+    ]);
     assert!(
-        stderr.contains("use kubectl 1.31 or newer"),
-        "kubectl 1.30 stderr: {stderr}"
+        !ok && stderr.contains("port-forward is served over WebSockets"),
+        "a plain GET: {stderr}"
     );
 }

@@ -1,6 +1,7 @@
-//! Port forwarding over SPDY/3.1 tunnelled in a WebSocket (subprotocol
-//! `SPDY/3.1+portforward.k8s.io`), what `kubectl port-forward` 1.31 and newer speaks: the
-//! WebSocket's binary messages carry one SPDY session as a byte stream ([`super::spdy`]).
+//! Port forwarding over SPDY/3.1: tunnelled in a WebSocket (subprotocol
+//! `SPDY/3.1+portforward.k8s.io`), what `kubectl port-forward` 1.31 and newer speaks, where the
+//! WebSocket's binary messages carry one SPDY session as a byte stream ([`super::spdy`]); or
+//! on the raw connection after an HTTP `Upgrade: SPDY/3.1` (kubectl 1.30 and older).
 //!
 //! As the kubelet's SPDY port forwarding does, the client opens a pair of streams per
 //! connection, both with headers `port` and `requestID`, one with `streamType: error` and one
@@ -21,8 +22,10 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket};
-use futures::stream::SplitSink;
+use futures::stream::{BoxStream, SplitSink};
 use futures::{SinkExt as _, StreamExt as _};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -81,16 +84,86 @@ enum Next {
     End,
 }
 
-/// Serves one tunnelled SPDY session until the client or the server ends it.
+/// What carries the session's bytes.
+pub(super) enum Transport {
+    /// The binary messages of a WebSocket (`SPDY/3.1+portforward.k8s.io`).
+    WebSocket(WebSocket),
+    /// The connection itself, after `Upgrade: SPDY/3.1`.
+    Upgraded(Upgraded),
+}
+
+/// Where the encoded frames go.
+enum Outgoing {
+    WebSocket(SplitSink<WebSocket, Message>),
+    Upgraded(tokio::io::WriteHalf<TokioIo<Upgraded>>),
+}
+
+impl Outgoing {
+    async fn send(&mut self, bytes: Vec<u8>) -> bool {
+        match self {
+            Outgoing::WebSocket(sink) => {
+                sink.send(Message::Binary(Bytes::from(bytes))).await.is_ok()
+            }
+            Outgoing::Upgraded(write) => write.write_all(&bytes).await.is_ok(),
+        }
+    }
+
+    async fn close(&mut self) {
+        match self {
+            Outgoing::WebSocket(sink) => {
+                let _ = sink.send(Message::Close(None)).await;
+            }
+            Outgoing::Upgraded(write) => {
+                let _ = write.shutdown().await;
+            }
+        }
+    }
+}
+
+/// The transport's incoming bytes, in order, until the client closes or fails; and where
+/// frames go.
+fn split(transport: Transport) -> (BoxStream<'static, Bytes>, Outgoing) {
+    match transport {
+        Transport::WebSocket(socket) => {
+            let (sink, stream) = socket.split();
+            let incoming = futures::stream::unfold(stream, |mut stream| async move {
+                loop {
+                    match stream.next().await {
+                        Some(Ok(Message::Binary(bytes))) => return Some((bytes, stream)),
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                        Some(Ok(_)) => continue,
+                    }
+                }
+            });
+            (incoming.boxed(), Outgoing::WebSocket(sink))
+        }
+        Transport::Upgraded(upgraded) => {
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            let incoming = futures::stream::unfold(read, |mut read| async move {
+                let mut buf = vec![0u8; READ_CHUNK];
+                match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Bytes::from(buf), read))
+                    }
+                }
+            });
+            (incoming.boxed(), Outgoing::Upgraded(write))
+        }
+    }
+}
+
+/// Serves one SPDY session until the client or the server ends it.
 pub(super) async fn run(
     shutdown: CancellationToken,
     netns: PathBuf,
     target: String,
-    socket: WebSocket,
+    transport: Transport,
 ) {
-    let (sink, mut incoming) = socket.split();
+    let (mut incoming, outgoing) = split(transport);
     let (out, out_rx) = mpsc::channel::<Frame>(OUT_QUEUE);
-    let writer = tokio::spawn(write_frames(sink, out_rx).in_current_span());
+    let writer = tokio::spawn(write_frames(outgoing, out_rx).in_current_span());
     let cancel = shutdown.child_token();
     let mut session = Session {
         out,
@@ -113,11 +186,9 @@ pub(super) async fn run(
                 }
             }
             _ = tick.tick() => session.expire_incomplete().await,
-            message = incoming.next() => {
-                let bytes = match message {
-                    Some(Ok(Message::Binary(bytes))) => bytes,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => continue,
+            bytes = incoming.next() => {
+                let Some(bytes) = bytes else {
+                    break;
                 };
                 decoder.push(&bytes);
                 loop {
@@ -160,7 +231,7 @@ pub(super) async fn run(
 
 /// Encodes frames in order (the header compression is one stream) and sends them, several
 /// queued frames per message.
-async fn write_frames(mut sink: SplitSink<WebSocket, Message>, mut frames: mpsc::Receiver<Frame>) {
+async fn write_frames(mut sink: Outgoing, mut frames: mpsc::Receiver<Frame>) {
     let mut encoder = match Encoder::new() {
         Ok(encoder) => encoder,
         Err(err) => {
@@ -180,15 +251,11 @@ async fn write_frames(mut sink: SplitSink<WebSocket, Message>, mut frames: mpsc:
                 next = frames.try_recv().ok();
             }
         }
-        if sink
-            .send(Message::Binary(Bytes::from(bytes)))
-            .await
-            .is_err()
-        {
+        if !sink.send(bytes).await {
             return;
         }
     }
-    let _ = sink.send(Message::Close(None)).await;
+    sink.close().await;
 }
 
 /// The request a stream belongs to: its `requestID`, or for clients that send none, derived

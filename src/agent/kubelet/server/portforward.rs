@@ -182,7 +182,7 @@ pub(crate) async fn port_forward(
                 shutdown,
                 netns_path(&uid),
                 target,
-                tunnel::Transport::WebSocket(socket),
+                tunnel::Transport::WebSocket(Box::new(socket)),
             )
             .instrument(span)
         });

@@ -87,7 +87,7 @@ enum Next {
 /// What carries the session's bytes.
 pub(super) enum Transport {
     /// The binary messages of a WebSocket (`SPDY/3.1+portforward.k8s.io`).
-    WebSocket(WebSocket),
+    WebSocket(Box<WebSocket>),
     /// The connection itself, after `Upgrade: SPDY/3.1`.
     Upgraded(Upgraded),
 }
@@ -125,7 +125,7 @@ impl Outgoing {
 fn split(transport: Transport) -> (BoxStream<'static, Bytes>, Outgoing) {
     match transport {
         Transport::WebSocket(socket) => {
-            let (sink, stream) = socket.split();
+            let (sink, stream) = (*socket).split();
             let incoming = futures::stream::unfold(stream, |mut stream| async move {
                 loop {
                     match stream.next().await {

@@ -1,19 +1,32 @@
-//! `/portForward/{namespace}/{pod}?port=P[&port=Q…]` (or `ports=`) over WebSocket, as the kubelet's
-//! WebSocket port forwarding (subprotocol `v4.channel.k8s.io`).
+//! `/portForward/{namespace}/{pod}`: the kubelet's port forwarding, in the three protocols
+//! that reach it through the API server's `pods/portforward`:
+//! - `SPDY/3.1+portforward.k8s.io`, SPDY tunnelled in a WebSocket, as `kubectl port-forward`
+//!   1.31 and newer speaks it ([`tunnel`], framing in [`spdy`]): the client opens a pair of
+//!   streams per connection and names the port in their headers.
+//! - plain SPDY: an HTTP `Upgrade: SPDY/3.1` with `X-Stream-Protocol-Version:
+//!   portforward.k8s.io` (kubectl 1.30 and older), then the same SPDY session on the
+//!   connection itself.
+//! - `v4.channel.k8s.io`, the kubelet's WebSocket port forwarding, with `?port=P[&port=Q…]`
+//!   (or `ports=`): for the i-th requested port, channel `2i` carries data and `2i+1` errors;
+//!   the kubelet first sends the port (2 bytes, little endian) on both channels. Each port gets
+//!   one TCP connection; the session ends when the client closes, or once every connection to
+//!   the pod has ended.
 //!
-//! For the i-th requested port, channel `2i` carries data and `2i+1` errors; the kubelet first
-//! sends the port (2 bytes, little endian) on both channels. Each port gets one TCP connection
-//! to `127.0.0.1:<port>` inside the pod's network namespace
+//! Anything else gets a 400 `Status` naming what works ([`PORT_FORWARD_UNSUPPORTED`]).
+//!
+//! Connections go to `127.0.0.1:<port>` inside the pod's network namespace
 //! ([`crate::agent::network::netns_path`]): the socket is created by a short-lived std thread
-//! that has joined that namespace, then handed to tokio. The session ends when the client
-//! closes, or once every connection to the pod has ended.
+//! that has joined that namespace, then handed to tokio.
 //!
-//! Owns only the WebSocket session and its TCP connections; must not change the namespace.
+//! Owns only the sessions and their TCP connections; must not change the namespace.
 //!
 //! # Caveats
-//! kubectl 1.31+ does not speak this protocol to the API server: it tunnels SPDY inside a
-//! WebSocket (`SPDY/3.1+portforward.k8s.io`), which is not implemented; such clients and
-//! SPDY-only clients get a 400 `Status` saying so.
+//! SPDY flow control is not enforced (the Go clients neither send nor honour WINDOW_UPDATE),
+//! so one connection whose pod does not read stalls the others of its session, as with the
+//! kubelet's spdystream. UDP is not forwarded, as in Kubernetes.
+
+pub mod spdy;
+mod tunnel;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
 use std::os::fd::AsFd as _;
@@ -21,12 +34,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts as _, Path as UrlPath, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use futures::{SinkExt as _, StreamExt as _};
+use hyper::upgrade::OnUpgrade;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tracing::{debug, info_span, Instrument};
@@ -39,7 +52,16 @@ use crate::agent::network::netns_path;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The message for clients that do not speak the WebSocket port-forward protocol.
-pub const PORT_FORWARD_UNSUPPORTED: &str = "port-forward is served only over WebSockets with subprotocol v4.channel.k8s.io (the kubelet's WebSocket port forwarding); SPDY and SPDY tunnelled over WebSocket (SPDY/3.1+portforward.k8s.io, kubectl 1.31 and newer) are not supported by this node yet";
+pub const PORT_FORWARD_UNSUPPORTED: &str = "port-forward is served over WebSockets (subprotocols SPDY/3.1+portforward.k8s.io and v4.channel.k8s.io, kubectl 1.31 and newer) or an HTTP upgrade to SPDY/3.1 with X-Stream-Protocol-Version portforward.k8s.io (kubectl 1.30 and older)";
+
+pub use tunnel::PROTOCOL_SPDY_TUNNEL;
+
+/// The `Upgrade` token of plain SPDY.
+const SPDY_UPGRADE: &str = "SPDY/3.1";
+/// The stream protocol of SPDY port forwarding.
+const PROTOCOL_SPDY_V1: &str = "portforward.k8s.io";
+/// The header a SPDY client offers stream protocols in, and the server names its choice.
+const STREAM_PROTOCOL_HEADER: &str = "x-stream-protocol-version";
 
 /// Why a connection into the pod failed.
 #[derive(Debug, thiserror::Error)]
@@ -124,12 +146,47 @@ pub(crate) async fn port_forward(
     State(state): State<ServerState>,
     UrlPath((namespace, pod)): UrlPath<(String, String)>,
     Query(query): Query<Vec<(String, String)>>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    request: Request,
 ) -> Response {
-    let (ws, _protocol) = match negotiate(ws, &[PROTOCOL_V4], PORT_FORWARD_UNSUPPORTED) {
+    let (mut parts, _body) = request.into_parts();
+    if is_spdy_upgrade(&parts.headers) {
+        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            return status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the connection cannot be upgraded",
+            );
+        };
+        return spdy_upgrade(state, namespace, pod, &parts.headers, on_upgrade).await;
+    }
+    let ws = WebSocketUpgrade::from_request_parts(&mut parts, &state).await;
+    let (ws, protocol) = match negotiate(
+        ws,
+        &[PROTOCOL_SPDY_TUNNEL, PROTOCOL_V4],
+        PORT_FORWARD_UNSUPPORTED,
+    ) {
         Ok(ok) => ok,
         Err(response) => return *response,
     };
+    if protocol == PROTOCOL_SPDY_TUNNEL {
+        // The ports are named per stream; a `ports` query is only informative.
+        let uid = match pod_uid(&state, &namespace, &pod).await {
+            Ok(uid) => uid,
+            Err(err) => return err.into_response(),
+        };
+        let span = info_span!("port_forward", %namespace, %pod, protocol = PROTOCOL_SPDY_TUNNEL);
+        let target = format!("pod {namespace}/{pod}, uid {uid}");
+        let shutdown = state.shutdown.clone();
+        return ws.on_upgrade(move |socket| {
+            tunnel::run(
+                shutdown,
+                netns_path(&uid),
+                target,
+                tunnel::Transport::WebSocket(Box::new(socket)),
+            )
+            .instrument(span)
+        });
+    }
     let mut ports = Vec::new();
     // The kubelet reads `port`; the API server's pods/portforward takes `ports` (a list, as
     // kubectl sends it): both are accepted, comma-separated values too.
@@ -165,6 +222,77 @@ pub(crate) async fn port_forward(
     ws.on_upgrade(move |socket| {
         async move { run(state, netns_path(&uid), ports, socket).await }.instrument(span)
     })
+}
+
+/// An HTTP `Upgrade: SPDY/3.1` (what kubectl 1.30 and older send).
+fn is_spdy_upgrade(headers: &HeaderMap) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    has(header::UPGRADE, SPDY_UPGRADE) && has(header::CONNECTION, "upgrade")
+}
+
+/// Serves port forwarding on the upgraded connection itself, as the kubelet's SPDY port
+/// forwarding: the client must offer `X-Stream-Protocol-Version: portforward.k8s.io`.
+async fn spdy_upgrade(
+    state: ServerState,
+    namespace: String,
+    pod: String,
+    headers: &HeaderMap,
+    on_upgrade: OnUpgrade,
+) -> Response {
+    let offered = headers
+        .get_all(STREAM_PROTOCOL_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == PROTOCOL_SPDY_V1);
+    if !offered {
+        return status_response(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!("unable to upgrade: the client must offer {STREAM_PROTOCOL_HEADER}: {PROTOCOL_SPDY_V1}"),
+        );
+    }
+    let uid = match pod_uid(&state, &namespace, &pod).await {
+        Ok(uid) => uid,
+        Err(err) => return err.into_response(),
+    };
+    let span = info_span!("port_forward", %namespace, %pod, protocol = SPDY_UPGRADE);
+    let target = format!("pod {namespace}/{pod}, uid {uid}");
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    tunnel::run(
+                        shutdown,
+                        netns_path(&uid),
+                        target,
+                        tunnel::Transport::Upgraded(upgraded),
+                    )
+                    .await
+                }
+                Err(err) => debug!(error = %err, "port-forward: SPDY upgrade failed"),
+            }
+        }
+        .instrument(span),
+    );
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static(SPDY_UPGRADE));
+    headers.insert(
+        STREAM_PROTOCOL_HEADER,
+        HeaderValue::from_static(PROTOCOL_SPDY_V1),
+    );
+    response
 }
 
 async fn pod_uid(state: &ServerState, namespace: &str, pod: &str) -> Result<String, LookupError> {

@@ -63,7 +63,7 @@ pub const RESIZE: u8 = 4;
 pub const CLOSE: u8 = 255;
 
 /// The message a client that cannot speak WebSocket streaming gets.
-pub const SPDY_UNSUPPORTED: &str = "this cluster serves exec, attach and port-forward only over WebSockets (subprotocols v5.channel.k8s.io / v4.channel.k8s.io; SPDY/3.1+portforward.k8s.io for port-forward): use kubectl 1.30 or newer for exec and attach, 1.31 or newer for port-forward; SPDY is not supported";
+pub const SPDY_UNSUPPORTED: &str = "this cluster serves exec and attach only over WebSockets (subprotocols v5.channel.k8s.io / v4.channel.k8s.io): use kubectl 1.30 or newer; SPDY is not supported for exec and attach (port-forward accepts it)";
 
 /// A resize message (channel 4), as kubectl sends it.
 #[derive(Debug, Clone, Copy, serde::Deserialize)]

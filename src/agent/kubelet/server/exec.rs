@@ -49,7 +49,7 @@ use tracing::{debug, info_span, Instrument};
 
 use super::{current_container, status_response, ServerState};
 use crate::agent::runtime::container::logs::Stream;
-use crate::agent::runtime::container::{AttachOptions, State as ContainerState};
+use crate::agent::runtime::container::{AttachOptions, ContainerStatus, State as ContainerState};
 
 /// The channel protocols served, preferred first.
 pub const PROTOCOL_V5: &str = "v5.channel.k8s.io";
@@ -137,6 +137,27 @@ pub(crate) fn negotiate(
     Ok((ws, selected))
 }
 
+/// The current instance of a container that exec and attach can reach: running, else the
+/// answer to give (404 when unknown, 400 when not running).
+async fn running_container(
+    state: &ServerState,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Result<ContainerStatus, Box<Response>> {
+    let target = current_container(&state.runtime, namespace, pod, container)
+        .await
+        .map_err(|err| Box::new(err.into_response()))?;
+    if target.state != ContainerState::Running {
+        return Err(Box::new(status_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("container {container} is not running"),
+        )));
+    }
+    Ok(target)
+}
+
 /// `/exec/{namespace}/{pod}/{container}`.
 pub(crate) async fn exec(
     State(state): State<ServerState>,
@@ -163,17 +184,10 @@ pub(crate) async fn exec(
             "you must specify at least 1 of stdin, stdout, stderr",
         );
     }
-    let target = match current_container(&state.runtime, &namespace, &pod, &container).await {
+    let target = match running_container(&state, &namespace, &pod, &container).await {
         Ok(c) => c,
-        Err(err) => return err.into_response(),
+        Err(response) => return *response,
     };
-    if target.state != ContainerState::Running {
-        return status_response(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!("container {container} is not running"),
-        );
-    }
     let span = info_span!("exec", %namespace, %pod, %container, %protocol);
     ws.on_upgrade(move |socket| {
         async move {
@@ -206,17 +220,10 @@ pub(crate) async fn attach(
     if options.tty {
         options.stderr = false;
     }
-    let target = match current_container(&state.runtime, &namespace, &pod, &container).await {
+    let target = match running_container(&state, &namespace, &pod, &container).await {
         Ok(c) => c,
-        Err(err) => return err.into_response(),
+        Err(response) => return *response,
     };
-    if target.state != ContainerState::Running {
-        return status_response(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!("container {container} is not running"),
-        );
-    }
     let span = info_span!("attach", %namespace, %pod, %container, %protocol);
     ws.on_upgrade(move |socket| {
         async move {

@@ -221,8 +221,12 @@ async fn watch_resumes_from_a_resource_version() {
     cms.delete("w", &DeleteParams::default())
         .await
         .expect("delete");
+    // Only `w`: the controllers may create other ConfigMaps here meanwhile (kube-root-ca.crt).
     let stream = cms
-        .watch(&WatchParams::default().timeout(10), &from)
+        .watch(
+            &WatchParams::default().fields("metadata.name=w").timeout(10),
+            &from,
+        )
         .await
         .expect("watch");
     let events: Vec<WatchEvent<ConfigMap>> = stream.take(4).try_collect().await.expect("events");

@@ -277,35 +277,7 @@ impl Drop for Node {
         // The server first (containers outlive it by design), then what it left running.
         drop(self.server.take());
         let root = self.run_dir().join("containers");
-        let mut shims = Vec::new();
-        for entry in fs::read_dir(&root).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            let dir = ContainerDir::new(&root, &name);
-            if let Ok(status) = dir.read_status() {
-                if let Some(pid) = status.pid.and_then(rustix::process::Pid::from_raw) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
-                if let Some(pid) = status.shim_pid.and_then(rustix::process::Pid::from_raw) {
-                    shims.push((dir.clone(), pid));
-                }
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for (dir, pid) in &shims {
-            while dir.socket().exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if dir.socket().exists() {
-                let _ = rustix::process::kill_process(*pid, rustix::process::Signal::KILL);
-            }
-            let _ = rustix::mount::unmount(dir.rootfs(), rustix::mount::UnmountFlags::DETACH);
-            if let Ok(record) = dir.read_record() {
-                rootfs::remove_cgroup_everywhere(&record.cgroup_path);
-            }
-        }
+        rootfs::stop_containers(&root);
         let mut uids = Vec::new();
         if let Some(data) = &data {
             for entry in fs::read_dir(data.join("agent/pods"))

@@ -154,41 +154,9 @@ impl TestRuntime {
 
 impl Drop for TestRuntime {
     fn drop(&mut self) {
-        let root = &self.config.root;
-        let mut shims = Vec::new();
-        if let Ok(entries) = fs::read_dir(root) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') {
-                    continue;
-                }
-                let dir = ContainerDir::new(root, &name);
-                if let Ok(status) = dir.read_status() {
-                    if let Some(pid) = status.pid.and_then(rustix::process::Pid::from_raw) {
-                        // The init process of a PID namespace takes every other process with it.
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                    }
-                    if let Some(pid) = status.shim_pid.and_then(rustix::process::Pid::from_raw) {
-                        shims.push((dir.clone(), pid));
-                    }
-                }
-                if let Ok(record) = dir.read_record() {
-                    let _ = fs::remove_file(&record.log_path);
-                }
-            }
-        }
-        // The shims notice the exit, clean up and leave; give them time, then make sure.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for (dir, pid) in &shims {
-            while dir.socket().exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if dir.socket().exists() {
-                let _ = rustix::process::kill_process(*pid, rustix::process::Signal::KILL);
-            }
-            let _ = rustix::mount::unmount(dir.rootfs(), rustix::mount::UnmountFlags::DETACH);
+        for dir in stop_containers(&self.config.root) {
             if let Ok(record) = dir.read_record() {
-                remove_cgroup_everywhere(&record.cgroup_path);
+                let _ = fs::remove_file(&record.log_path);
             }
         }
         let _ = cgroups::remove_pod(QosClass::BestEffort, &self.pod.uid);
@@ -199,6 +167,45 @@ impl Drop for TestRuntime {
         }
         remove_cgroup_everywhere(cgroups::ROOT);
     }
+}
+
+/// Kills every container under the container state directory `root` (its init process: a
+/// PID namespace's init takes the rest with it), gives the shims up to 20 s to notice, clean up
+/// and leave, then kills the stragglers and undoes what they would have: the rootfs mount and
+/// the container cgroup. Returns the container directories found.
+pub fn stop_containers(root: &Path) -> Vec<ContainerDir> {
+    let mut dirs = Vec::new();
+    let mut shims = Vec::new();
+    for entry in fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let dir = ContainerDir::new(root, &name);
+        if let Ok(status) = dir.read_status() {
+            if let Some(pid) = status.pid.and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            if let Some(pid) = status.shim_pid.and_then(rustix::process::Pid::from_raw) {
+                shims.push((dir.clone(), pid));
+            }
+        }
+        dirs.push(dir);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (dir, pid) in &shims {
+        while dir.socket().exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if dir.socket().exists() {
+            let _ = rustix::process::kill_process(*pid, rustix::process::Signal::KILL);
+        }
+        let _ = rustix::mount::unmount(dir.rootfs(), rustix::mount::UnmountFlags::DETACH);
+        if let Ok(record) = dir.read_record() {
+            remove_cgroup_everywhere(&record.cgroup_path);
+        }
+    }
+    dirs
 }
 
 /// Removes a cgroup from every hierarchy (only if empty).

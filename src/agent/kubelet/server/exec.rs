@@ -39,12 +39,13 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use futures::stream::SplitSink;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info_span, Instrument};
 
 use super::{current_container, status_response, ServerState};
@@ -156,6 +157,30 @@ async fn running_container(
         )));
     }
     Ok(target)
+}
+
+/// The next channel frame a client sent, as (channel, frame with the channel byte first);
+/// `None` once the client closed or went away or the node shuts down. Text frames count as
+/// binary, as the kubelet reads them; other messages and empty frames are skipped.
+async fn next_frame(
+    incoming: &mut SplitStream<WebSocket>,
+    shutdown: &CancellationToken,
+) -> Option<(u8, Bytes)> {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            message = incoming.next() => message,
+        };
+        let data = match message {
+            Some(Ok(Message::Binary(data))) => data,
+            Some(Ok(Message::Text(text))) => Bytes::from(text.as_str().as_bytes().to_vec()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        };
+        if let Some(&channel) = data.first() {
+            return Some((channel, data));
+        }
+    }
 }
 
 /// `/exec/{namespace}/{pod}/{container}`.
@@ -335,19 +360,10 @@ async fn run_exec(
     let shutdown = state.shutdown.clone();
     let reader = tokio::spawn(async move {
         loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                message = incoming.next() => message,
+            let Some((channel, data)) = next_frame(&mut incoming, &shutdown).await else {
+                break;
             };
-            let data = match message {
-                Some(Ok(Message::Binary(data))) => data,
-                Some(Ok(Message::Text(text))) => Bytes::from(text.as_str().as_bytes().to_vec()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => continue,
-            };
-            let Some((&channel, payload)) = data.split_first() else {
-                continue;
-            };
+            let payload = &data[1..];
             match channel {
                 STDIN => {
                     if let Some(pipe) = stdin.as_mut() {
@@ -426,19 +442,10 @@ async fn run_attach(
     let mut reader = tokio::spawn(async move {
         let mut shim_open = true;
         loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                message = incoming.next() => message,
+            let Some((channel, data)) = next_frame(&mut incoming, &shutdown).await else {
+                break;
             };
-            let data = match message {
-                Some(Ok(Message::Binary(data))) => data,
-                Some(Ok(Message::Text(text))) => Bytes::from(text.as_str().as_bytes().to_vec()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => continue,
-            };
-            let Some((&channel, payload)) = data.split_first() else {
-                continue;
-            };
+            let payload = &data[1..];
             if !shim_open {
                 continue;
             }
